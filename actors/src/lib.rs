@@ -1,0 +1,40 @@
+//! Switchboard's actors and data plane, with no HTTP, NATS or storage: those
+//! reach in through small traits ([`Backplane`], [`History`], [`Sink`]) that
+//! `src` implements, so everything here is tested and benchmarked in memory.
+//!
+//! # Supervision tree
+//! ```text
+//! Root (tree.rs)                  stops the process if a supervisor fails
+//! ├── Orgs (orgs.rs)              starts, holds, idles out and restarts org actors
+//! │   └── OrgActor* (org.rs)      one per org with live work: its backplane attachments
+//! └── Connections (connections.rs) tracks connection tasks; a panic closes one socket
+//!     └── connection task*        one per WebSocket (src), logic in connection.rs
+//! ```
+//!
+//! # Layout
+//! - [`hub`]: sharded channel → subscriber map and the fan-out loop.
+//! - [`sink`]: how the hub writes to a connection; [`sink::MemorySink`] for tests.
+//! - [`backplane`]: the `Backplane` and `History` capabilities.
+//! - [`memory`]: the in-process backplane with bounded in-memory history.
+//! - [`connection`]: one client's protocol logic (subscribe/resume, publish, ...).
+//! - [`limits`], [`telemetry`]: settings the actors enforce, metric names.
+
+pub mod backplane;
+pub mod connection;
+pub mod connections;
+pub mod hub;
+pub mod limits;
+pub mod memory;
+pub mod org;
+pub mod orgs;
+pub mod sink;
+pub mod telemetry;
+pub mod tree;
+
+pub use backplane::{Backplane, BackplaneError, History, HistoryRead, Published};
+pub use connection::{Connection, Identity};
+pub use hub::{ChannelKey, Hub};
+pub use limits::Limits;
+pub use memory::{HistoryLimits, InProcess};
+pub use sink::{CloseReason, MemorySink, Refused, Sink};
+pub use tree::{Services, Tree, TreeError};

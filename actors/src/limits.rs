@@ -1,0 +1,33 @@
+//! Per-connection and per-org limits the actors enforce. Defaults live in
+//! `src/config.rs` with the reasons for each.
+
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Frames a connection may have queued before it is cut off as a slow consumer.
+    pub outbound_queue: usize,
+    /// Channels one connection may subscribe to.
+    pub max_subscriptions: usize,
+    /// Publishes (and sends) per second per connection, sustained; 0 = unlimited.
+    pub publish_rate: u32,
+    /// Publishes a connection may burst above the sustained rate.
+    pub publish_burst: u32,
+    /// Most messages replayed on one resume.
+    pub replay_limit: usize,
+    /// How long an org with no connection keeps its actor.
+    pub org_idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            outbound_queue: 1024,
+            max_subscriptions: 256,
+            publish_rate: 50,
+            publish_burst: 100,
+            replay_limit: 10_000,
+            org_idle: Duration::from_secs(60),
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Every metric the broker emits, named in one place
+//! (`switchboard_<name>_<unit>[_total]`, base units, labels from bounded sets).
+
+use metrics::{counter, gauge, histogram};
+
+pub const CONNECTIONS: &str = "switchboard_connections";
+pub const CONNECTIONS_OPENED: &str = "switchboard_connections_opened_total";
+pub const CONNECTION_PANICS: &str = "switchboard_connection_panics_total";
+pub const SUBSCRIPTIONS: &str = "switchboard_subscriptions";
+pub const MESSAGES_IN: &str = "switchboard_messages_in_total";
+pub const DELIVERIES: &str = "switchboard_deliveries_total";
+pub const DELIVERED_BYTES: &str = "switchboard_delivered_bytes_total";
+pub const SLOW_CONSUMERS: &str = "switchboard_slow_consumer_disconnects_total";
+pub const QUEUE_DEPTH: &str = "switchboard_outbound_queue_depth";
+pub const PUBLISH_FANOUT_SECONDS: &str = "switchboard_publish_to_write_seconds";
+pub const CLIENT_ERRORS: &str = "switchboard_client_errors_total";
+pub const ORG_ACTORS: &str = "switchboard_org_actors";
+pub const ORG_RESTARTS: &str = "switchboard_org_actor_restarts_total";
+pub const ATTACHED_CHANNELS: &str = "switchboard_attached_channels";
+
+/// Registers descriptions so `/metrics` documents itself.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(CONNECTIONS, "Client WebSocket connections open now");
+    describe_counter!(CONNECTIONS_OPENED, "Client WebSocket connections accepted");
+    describe_counter!(
+        CONNECTION_PANICS,
+        "Connections closed because their task panicked"
+    );
+    describe_gauge!(SUBSCRIPTIONS, "Channel subscriptions held by local connections");
+    describe_counter!(MESSAGES_IN, "Messages published through this pod");
+    describe_counter!(DELIVERIES, "Messages handed to local subscribers");
+    describe_counter!(DELIVERED_BYTES, Unit::Bytes, "Bytes handed to local subscribers");
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "Connections cut off because their outbound queue overflowed"
+    );
+    describe_histogram!(QUEUE_DEPTH, "Outbound queue depth when a frame had to be queued");
+    describe_histogram!(
+        PUBLISH_FANOUT_SECONDS,
+        Unit::Seconds,
+        "From accepting a publish to the end of its local fan-out pass (direct writes done, the rest queued)"
+    );
+    describe_counter!(CLIENT_ERRORS, "Error frames sent to clients, by code");
+    describe_gauge!(ORG_ACTORS, "Org actors running");
+    describe_counter!(ORG_RESTARTS, "Org actors restarted after a failure");
+    describe_gauge!(ATTACHED_CHANNELS, "Channels this pod receives from the backplane");
+}
+
+pub(crate) fn delivered(n: usize, frame_len: usize) {
+    if n > 0 {
+        counter!(DELIVERIES).increment(n as u64);
+        counter!(DELIVERED_BYTES).increment((n * frame_len) as u64);
+    }
+}
+
+pub(crate) fn published(started: std::time::Instant) {
+    counter!(MESSAGES_IN).increment(1);
+    histogram!(PUBLISH_FANOUT_SECONDS).record(started.elapsed().as_secs_f64());
+}
+
+pub(crate) fn client_error(code: switchboard_proto::ErrorCode) {
+    counter!(CLIENT_ERRORS, "code" => code.as_str()).increment(1);
+}
+
+pub(crate) fn subscriptions(delta: f64) {
+    gauge!(SUBSCRIPTIONS).increment(delta);
+}

@@ -1,0 +1,245 @@
+//! The root of the supervision tree and the [`Services`] handle every
+//! request path shares: the hub, the backplane, history, limits and the two
+//! supervisors.
+//!
+//! Policy: the leaves fail alone (an `OrgActor` is restarted by `Orgs`, a
+//! connection's panic closes only that socket). `Orgs` and `Connections` do
+//! bookkeeping only; if one of them fails anyway the root stops, and the
+//! process exits non-zero so its orchestrator restarts it cleanly.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use switchboard_proto::{ConnId, OrgId};
+use tokio::task::JoinHandle;
+
+use crate::backplane::{Backplane, History};
+use crate::connection::{Connection, Identity};
+use crate::connections::{Connections, ConnectionsMsg};
+use crate::hub::Hub;
+use crate::limits::Limits;
+use crate::org::OrgHandle;
+use crate::orgs::{Orgs, OrgsArgs, OrgsMsg};
+use crate::sink::{CloseReason, Sink};
+
+/// What every request path needs, built once.
+pub struct Services {
+    pub hub: Arc<Hub>,
+    pub backplane: Arc<dyn Backplane>,
+    pub history: Arc<dyn History>,
+    pub limits: Limits,
+    orgs: ActorRef<OrgsMsg>,
+    connections: ActorRef<ConnectionsMsg>,
+    next_conn: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("actor failed to start: {0}")]
+    Spawn(String),
+    #[error("the supervision tree is shutting down")]
+    Stopped,
+}
+
+impl Services {
+    /// Opens a connection for a verified identity: takes a hold on its org.
+    /// Run it with [`Services::run`].
+    pub async fn open(
+        self: &Arc<Self>,
+        identity: Identity,
+        sink: Arc<dyn Sink>,
+    ) -> Result<Connection, TreeError> {
+        let actor = ractor::call!(self.orgs, OrgsMsg::Checkout, identity.org.clone())
+            .map_err(|_| TreeError::Stopped)?
+            .map_err(TreeError::Spawn)?;
+        let org = OrgHandle::new(identity.org.clone(), self.orgs.clone(), actor);
+        let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        Ok(Connection::new(id, identity, sink, org, Arc::clone(self)))
+    }
+
+    /// Runs a connection's task under the `Connections` supervisor.
+    pub fn run<F, Fut>(&self, conn: Connection, task: F)
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let shared = Arc::clone(conn.shared());
+        let task = Box::pin(task(conn));
+        if self
+            .connections
+            .cast(ConnectionsMsg::Start(Arc::clone(&shared), task))
+            .is_err()
+        {
+            shared.sink.abort(CloseReason::GoingAway);
+            shared.release();
+        }
+    }
+
+    pub(crate) fn release_org(&self, org: &OrgId) {
+        let _ = self.orgs.cast(OrgsMsg::Release(org.clone()));
+    }
+
+    /// Connections open on this pod.
+    pub async fn connection_count(&self) -> usize {
+        ractor::call!(self.connections, ConnectionsMsg::Count).unwrap_or(0)
+    }
+
+    /// Org actors running on this pod.
+    pub async fn org_count(&self) -> usize {
+        ractor::call!(self.orgs, OrgsMsg::Count).unwrap_or(0)
+    }
+}
+
+pub enum RootMsg {
+    Children(RpcReplyPort<(ActorRef<OrgsMsg>, ActorRef<ConnectionsMsg>)>),
+}
+
+struct RootArgs {
+    hub: Arc<Hub>,
+    backplane: Arc<dyn Backplane>,
+    org_idle: Duration,
+}
+
+struct RootState {
+    orgs: ActorRef<OrgsMsg>,
+    connections: ActorRef<ConnectionsMsg>,
+}
+
+struct Root;
+
+impl Actor for Root {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<RootMsg>,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
+        let orgs_args = OrgsArgs {
+            hub: args.hub,
+            backplane: args.backplane,
+            idle: args.org_idle,
+        };
+        let (orgs, _) = Actor::spawn_linked(None, Orgs, orgs_args, me.get_cell()).await?;
+        let (connections, _) = Actor::spawn_linked(None, Connections, (), me.get_cell()).await?;
+        Ok(RootState { orgs, connections })
+    }
+
+    async fn post_stop(
+        &self,
+        me: ActorRef<RootMsg>,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Org actors detach from the backplane in their own post_stop.
+        state
+            .orgs
+            .stop_children_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+        me.stop_children_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<RootMsg>,
+        msg: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RootMsg::Children(reply) => {
+                let _ = reply.send((state.orgs.clone(), state.connections.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<RootMsg>,
+        event: SupervisionEvent,
+        _state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                tracing::error!(actor = ?cell.get_id(), error = %err, "a supervisor failed; stopping");
+                me.stop(Some("supervisor failed".into()));
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                tracing::error!(actor = ?cell.get_id(), ?reason, "a supervisor stopped; stopping");
+                me.stop(Some("supervisor stopped".into()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A running supervision tree.
+pub struct Tree {
+    services: Arc<Services>,
+    root: ActorRef<RootMsg>,
+    handle: JoinHandle<()>,
+}
+
+impl Tree {
+    pub async fn start(
+        hub: Arc<Hub>,
+        backplane: Arc<dyn Backplane>,
+        history: Arc<dyn History>,
+        limits: Limits,
+    ) -> Result<Tree, TreeError> {
+        let args = RootArgs {
+            hub: Arc::clone(&hub),
+            backplane: Arc::clone(&backplane),
+            org_idle: limits.org_idle,
+        };
+        let (root, handle) = Actor::spawn(None, Root, args)
+            .await
+            .map_err(|e| TreeError::Spawn(e.to_string()))?;
+        let (orgs, connections) = ractor::call!(root, RootMsg::Children).map_err(|_| TreeError::Stopped)?;
+        let services = Arc::new(Services {
+            hub,
+            backplane,
+            history,
+            limits,
+            orgs,
+            connections,
+            next_conn: AtomicU64::new(1),
+        });
+        Ok(Tree {
+            services,
+            root,
+            handle,
+        })
+    }
+
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// Closes every connection with `reason` and waits up to `grace` for
+    /// their tasks to end. Returns whether they all ended in time.
+    pub async fn close_connections(&self, reason: CloseReason, grace: Duration) -> bool {
+        let Ok(tracker) = ractor::call!(self.services.connections, ConnectionsMsg::CloseAll, reason) else {
+            return true;
+        };
+        tokio::time::timeout(grace, tracker.wait()).await.is_ok()
+    }
+
+    /// Resolves if the tree stops by itself (a supervisor failed).
+    pub fn stopped(&mut self) -> &mut JoinHandle<()> {
+        &mut self.handle
+    }
+
+    /// Stops every actor and waits for them.
+    pub async fn stop(self) {
+        self.root.stop(None);
+        let _ = self.handle.await;
+    }
+}

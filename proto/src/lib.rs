@@ -1,0 +1,26 @@
+//! Switchboard's wire types, pure data: no sockets, no tokio, no actors.
+//!
+//! # Layout
+//! - [`ids`]: newtypes for every identifier (`OrgId`, `ChannelName`, `ConnId`, ...),
+//!   validated where they enter, so two ids cannot be swapped by accident.
+//! - [`channel`]: channel-name rules and the `*` / `>` grant patterns.
+//! - [`client`]: frames a client sends on `/v1/ws`, decoded with precise errors.
+//! - [`server`]: frames the server sends; message frames are built once as a
+//!   complete WebSocket frame ([`server::PreparedFrame`]) and shared by every subscriber.
+//! - [`code`]: the stable error codes of the client protocol and the HTTP API.
+//! - [`ws`]: WebSocket framing (RFC 6455) for the server side of the socket.
+//! - [`envelope`]: the binary inter-pod envelope with its leading version byte.
+
+pub mod channel;
+pub mod client;
+pub mod code;
+pub mod envelope;
+pub mod ids;
+pub mod server;
+pub mod ws;
+
+pub use channel::{ChannelName, ChannelPattern, Grants};
+pub use client::{ClientFrame, DecodeError, Recover};
+pub use code::ErrorCode;
+pub use ids::{ConnId, Epoch, OrgId, RequestId, RoleName, Sid, Subject};
+pub use server::{Ack, PreparedFrame, ServerFrame};

@@ -1,0 +1,296 @@
+//! Frames the server sends on `/v1/ws`.
+//!
+//! A channel message is encoded once, as a complete WebSocket frame
+//! ([`PreparedFrame`]), and the same bytes go to every subscriber, into history
+//! and, sliced, into HTTP history responses.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::channel::ChannelName;
+use crate::code::ErrorCode;
+use crate::ids::{Epoch, RequestId};
+use crate::ws::{self, FrameBuf, OpCode};
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Ack(Ack),
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        code: ErrorCode,
+        message: String,
+    },
+    Message {
+        channel: ChannelName,
+        offset: u64,
+        data: Box<RawValue>,
+    },
+    Pong {
+        id: RequestId,
+    },
+}
+
+/// The reply to a request. Which fields are set depends on the request:
+/// `subscribe` sets `channel`, `epoch`, `offset` (the channel's position the
+/// live stream continues from) and, when it asked to recover, `recovered`;
+/// `publish` sets `offset`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ack {
+    pub id: RequestId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Epoch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+impl Ack {
+    pub fn new(id: RequestId) -> Self {
+        Self {
+            id,
+            channel: None,
+            offset: None,
+            epoch: None,
+            recovered: None,
+        }
+    }
+}
+
+impl ServerFrame {
+    pub fn error(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The JSON text of this frame.
+    pub fn to_json(&self) -> String {
+        // Every field is validated, owned data: serializing to a String cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// This frame as a complete WebSocket text frame.
+    pub fn prepare(&self) -> PreparedFrame {
+        let mut f = FrameBuf::with_capacity(64);
+        // Writing into a Vec cannot fail; see `to_json`.
+        let _ = serde_json::to_writer(f.payload_mut(), self);
+        PreparedFrame::new(f.finish(OpCode::Text))
+    }
+
+    /// Decodes a frame as a client receives it (tests, load generator, SDKs).
+    pub fn decode(payload: &[u8]) -> Result<ServerFrame, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Wire<'a> {
+            #[serde(rename = "type")]
+            kind: std::borrow::Cow<'a, str>,
+            id: Option<RequestId>,
+            channel: Option<ChannelName>,
+            offset: Option<u64>,
+            epoch: Option<Epoch>,
+            recovered: Option<bool>,
+            code: Option<ErrorCode>,
+            message: Option<String>,
+            #[serde(borrow)]
+            data: Option<&'a RawValue>,
+        }
+        use serde::de::Error;
+        let w: Wire = serde_json::from_slice(payload)?;
+        let missing = |f: &'static str| serde_json::Error::missing_field(f);
+        Ok(match &*w.kind {
+            "ack" => ServerFrame::Ack(Ack {
+                id: w.id.ok_or_else(|| missing("id"))?,
+                channel: w.channel,
+                offset: w.offset,
+                epoch: w.epoch,
+                recovered: w.recovered,
+            }),
+            "error" => ServerFrame::Error {
+                id: w.id,
+                code: w.code.ok_or_else(|| missing("code"))?,
+                message: w.message.ok_or_else(|| missing("message"))?,
+            },
+            "message" => ServerFrame::Message {
+                channel: w.channel.ok_or_else(|| missing("channel"))?,
+                offset: w.offset.ok_or_else(|| missing("offset"))?,
+                data: w.data.ok_or_else(|| missing("data"))?.to_owned(),
+            },
+            "pong" => ServerFrame::Pong {
+                id: w.id.ok_or_else(|| missing("id"))?,
+            },
+            other => return Err(serde_json::Error::custom(format!("unknown frame type {other:?}"))),
+        })
+    }
+}
+
+/// A complete server→client WebSocket frame, shared by reference count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedFrame {
+    wire: Bytes,
+    header_len: u8,
+}
+
+impl PreparedFrame {
+    fn new(wire: Bytes) -> Self {
+        let header_len = match wire.get(1).map(|b| b & 0x7F) {
+            Some(126) => 4,
+            Some(127) => 10,
+            _ => 2,
+        };
+        Self { wire, header_len }
+    }
+
+    /// A control or data frame built elsewhere (close, pong); `wire` must be a
+    /// complete server frame.
+    pub fn from_wire(wire: Bytes) -> Self {
+        Self::new(wire)
+    }
+
+    /// `{"type":"message","channel":..,"offset":..,"data":..}`, written by hand:
+    /// channel names never need escaping and `data` is already valid JSON, so
+    /// this is a few `memcpy`s.
+    pub fn message(channel: &ChannelName, offset: u64, data: &RawValue) -> Self {
+        let data = data.get();
+        let mut f = FrameBuf::with_capacity(56 + channel.as_str().len() + data.len());
+        let out = f.payload_mut();
+        out.extend_from_slice(br#"{"type":"message","channel":""#);
+        out.extend_from_slice(channel.as_str().as_bytes());
+        out.extend_from_slice(br#"","offset":"#);
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{offset}");
+        out.extend_from_slice(br#","data":"#);
+        out.extend_from_slice(data.as_bytes());
+        out.push(b'}');
+        Self::new(f.finish(OpCode::Text))
+    }
+
+    /// The bytes to write to a socket.
+    pub fn wire(&self) -> &Bytes {
+        &self.wire
+    }
+
+    /// The frame's payload (the JSON text for text frames), without copying.
+    pub fn payload(&self) -> Bytes {
+        self.wire.slice(self.header_len as usize..)
+    }
+
+    pub fn len(&self) -> usize {
+        self.wire.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.wire.is_empty()
+    }
+}
+
+/// A close frame as a prepared frame.
+pub fn close(code: u16, reason: &str) -> PreparedFrame {
+    PreparedFrame::new(ws::close_frame(code, reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn message_frame_matches_serde() {
+        let ch = ChannelName::new("chat.42").unwrap();
+        let p = PreparedFrame::message(&ch, 7, &raw(r#"{"text":"hi \"there\""}"#));
+        let via_serde = ServerFrame::Message {
+            channel: ch,
+            offset: 7,
+            data: raw(r#"{"text":"hi \"there\""}"#),
+        }
+        .to_json();
+        assert_eq!(p.payload(), via_serde.as_bytes());
+        assert_eq!(&p.wire()[..2], &[0x81, via_serde.len() as u8]);
+    }
+
+    #[test]
+    fn long_frames_report_their_payload() {
+        let ch = ChannelName::new("c").unwrap();
+        let big = format!("\"{}\"", "x".repeat(70_000));
+        let p = PreparedFrame::message(&ch, 1, &raw(&big));
+        assert!(p.payload().starts_with(br#"{"type":"message""#));
+        assert_eq!(p.len(), p.payload().len() + 10);
+    }
+
+    #[test]
+    fn golden_frames() {
+        let ack = ServerFrame::Ack(Ack {
+            channel: Some(ChannelName::new("chat.1").unwrap()),
+            offset: Some(3),
+            epoch: Some(Epoch::new("e1")),
+            recovered: Some(true),
+            ..Ack::new(RequestId::Num(1))
+        });
+        assert_eq!(
+            ack.to_json(),
+            r#"{"type":"ack","id":1,"channel":"chat.1","offset":3,"epoch":"e1","recovered":true}"#
+        );
+        assert_eq!(
+            ServerFrame::error(None, ErrorCode::ValidationError, "bad").to_json(),
+            r#"{"type":"error","code":"VALIDATION_ERROR","message":"bad"}"#
+        );
+        assert_eq!(
+            ServerFrame::Pong {
+                id: RequestId::Str("p".into())
+            }
+            .to_json(),
+            r#"{"type":"pong","id":"p"}"#
+        );
+    }
+
+    fn frames() -> impl Strategy<Value = ServerFrame> {
+        let id = prop_oneof![
+            any::<u64>().prop_map(RequestId::Num),
+            "[a-z]{0,10}".prop_map(|s| RequestId::Str(s.into()))
+        ];
+        prop_oneof![
+            (id.clone(), any::<Option<u64>>(), any::<Option<bool>>()).prop_map(|(id, offset, recovered)| {
+                ServerFrame::Ack(Ack {
+                    offset,
+                    recovered,
+                    channel: Some(ChannelName::new("a.b").unwrap()),
+                    epoch: Some(Epoch::new("x")),
+                    ..Ack::new(id)
+                })
+            }),
+            (proptest::option::of(id.clone()), ".{0,40}").prop_map(|(id, m)| ServerFrame::error(
+                id,
+                ErrorCode::Forbidden,
+                m
+            )),
+            (any::<u64>(), ".{0,40}").prop_map(|(offset, text)| ServerFrame::Message {
+                channel: ChannelName::new("c.d").unwrap(),
+                offset,
+                data: raw(&serde_json::Value::from(text).to_string()),
+            }),
+            id.prop_map(|id| ServerFrame::Pong { id }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_frame_round_trips(frame in frames()) {
+            let json = frame.to_json();
+            let back = ServerFrame::decode(json.as_bytes()).unwrap();
+            prop_assert_eq!(back.to_json(), json.clone());
+            prop_assert_eq!(frame.prepare().payload(), json.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The `switchboard` command: `serve`, `init` and `token`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use switchboard_proto::{ChannelPattern, OrgId};
+
+use crate::auth::{ClientClaims, new_api_key, now_secs, random_token, sign_hs256};
+use crate::config::{FileConfig, Overrides, Settings};
+use crate::directory::{ApiKeyConfig, JwtKeyConfig, OrgConfig, Scope};
+use crate::server::Server;
+
+/// The config file `serve` and `token` read when none is named.
+pub const DEFAULT_CONFIG: &str = "switchboard.toml";
+/// Client tokens printed for a demo last a day.
+const DEMO_TOKEN_TTL_SECS: u64 = 24 * 3600;
+
+#[derive(Parser, Debug)]
+#[command(name = "switchboard", version, about = "Multi-tenant realtime message broker")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the broker
+    Serve(Overrides),
+    /// Write a config file with a random admin token and a demo org
+    Init {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        path: PathBuf,
+        /// The demo org's id
+        #[arg(long, default_value = "demo")]
+        org: String,
+        /// Overwrite an existing file
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a client token (JWT) signed with an org's HS256 secret
+    Token {
+        #[arg(long, env = crate::config::env::CONFIG, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long, default_value = "demo")]
+        org: String,
+        /// The client's subject (user id)
+        #[arg(long, default_value = "demo-user")]
+        sub: String,
+        /// Channel patterns it may subscribe to (repeatable; default: all)
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// Channel patterns it may publish on (repeatable; default: all)
+        #[arg(long)]
+        publish: Vec<String>,
+        /// Lifetime in seconds
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(over) => serve(over).await,
+        Command::Init { path, org, force } => init(&path, &org, force),
+        Command::Token {
+            config,
+            org,
+            sub,
+            subscribe,
+            publish,
+            ttl,
+        } => {
+            let file = FileConfig::load(&config)?;
+            let token = token_for(&file, &org, &sub, &subscribe, &publish, ttl)?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(over: Overrides) -> anyhow::Result<()> {
+    let default = Path::new(DEFAULT_CONFIG);
+    let (file, demo) = match &over.config {
+        Some(path) => (FileConfig::load(path)?, None),
+        None if default.exists() => (FileConfig::load(default)?, None),
+        None => {
+            let (file, key) = demo_config("demo")?;
+            (file, Some(key))
+        }
+    };
+    let demo = match demo {
+        Some(api_key) => Some((
+            token_for(&file, "demo", "demo-user", &[], &[], DEMO_TOKEN_TTL_SECS)?,
+            api_key,
+        )),
+        None => None,
+    };
+    let settings = Settings::resolve(file, &over)?;
+    crate::telemetry::init_tracing(settings.log_format);
+    let server = Server::bind(settings).await?;
+    if let Some((token, api_key)) = demo {
+        print_demo_banner(server.local_addr(), &token, &api_key)?;
+    }
+    server.run(shutdown_signal()).await
+}
+
+/// An in-memory config with one demo org: what `serve` runs with when there
+/// is no config file. Returns the org's API key in plain text.
+fn demo_config(org: &str) -> anyhow::Result<(FileConfig, String)> {
+    let org_id = OrgId::new(org)?;
+    let key = new_api_key(&org_id, "default")?;
+    let file = FileConfig {
+        admin_token: Some(random_token(32)?),
+        orgs: vec![OrgConfig {
+            id: org.into(),
+            allowed_origins: vec![],
+            jwt_keys: vec![JwtKeyConfig::HS256 {
+                secret: random_token(32)?,
+                kid: None,
+            }],
+            api_keys: vec![ApiKeyConfig {
+                id: key.id.clone(),
+                sha256: key.sha256_hex.clone(),
+                scopes: Scope::all(),
+            }],
+        }],
+        ..FileConfig::default()
+    };
+    Ok((file, key.plaintext))
+}
+
+fn print_demo_banner(addr: std::net::SocketAddr, token: &str, api_key: &str) -> anyhow::Result<()> {
+    let mut err = std::io::stderr().lock();
+    writeln!(
+        err,
+        "\nNo config file: running with a throwaway demo org (`switchboard init` writes a config to keep).\n\
+         \n  client token (24 h, every channel):\n    {token}\n\
+         \n  connect:   websocat 'ws://{addr}/v1/ws?token={token}'\n\
+         \n  then send: {{\"type\":\"subscribe\",\"id\":1,\"channel\":\"chat.1\"}}\n\
+         \n  publish:   curl -H 'Authorization: Bearer {api_key}' -d '{{\"data\":{{\"text\":\"hi\"}}}}' \\\n               http://{addr}/v1/orgs/demo/channels/chat.1/publish\n"
+    )?;
+    Ok(())
+}
+
+fn init(path: &Path, org: &str, force: bool) -> anyhow::Result<()> {
+    if path.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", path.display());
+    }
+    let (file, api_key) = demo_config(org)?;
+    let body = toml::to_string_pretty(&file).context("cannot serialize the config")?;
+    let text = format!(
+        "# Switchboard configuration. Secrets inside: keep this file private.\n\
+         # Every setting and its default: README.md, \"Configuration\".\n\n{body}"
+    );
+    write_private(path, &text)?;
+    println!("wrote {}", path.display());
+    println!("API key for org {org} (shown once, stored hashed): {api_key}");
+    println!("client token: switchboard token --org {org} --sub alice");
+    Ok(())
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A client token for `org` signed with its first HS256 secret.
+pub fn token_for(
+    file: &FileConfig,
+    org: &str,
+    sub: &str,
+    subscribe: &[String],
+    publish: &[String],
+    ttl: u64,
+) -> anyhow::Result<String> {
+    let org_config = file
+        .orgs
+        .iter()
+        .find(|o| o.id == org)
+        .with_context(|| format!("no org {org:?} in the config"))?;
+    let secret = org_config
+        .jwt_keys
+        .iter()
+        .find_map(|k| match k {
+            JwtKeyConfig::HS256 { secret, .. } => Some(secret),
+            _ => None,
+        })
+        .with_context(|| format!("org {org:?} has no HS256 secret; sign tokens with your own private key"))?;
+    let patterns = |given: &[String]| -> anyhow::Result<Vec<ChannelPattern>> {
+        if given.is_empty() {
+            return Ok(vec![ChannelPattern::new(">")?]);
+        }
+        given
+            .iter()
+            .map(|p| ChannelPattern::new(p).map_err(anyhow::Error::from))
+            .collect()
+    };
+    let now = now_secs();
+    let claims = ClientClaims {
+        sub: sub.into(),
+        org: org.into(),
+        exp: now + ttl,
+        iat: Some(now),
+        subscribe: patterns(subscribe)?,
+        publish: patterns(publish)?,
+    };
+    Ok(sign_hs256(secret, &claims)?)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

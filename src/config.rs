@@ -1,0 +1,329 @@
+//! Settings: defaults (each with its reason), an optional TOML file, then
+//! `SWITCHBOARD_*` environment variables and flags, which win. Every problem
+//! in a configuration is reported at once, not one per restart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchboard_actors::{HistoryLimits, Limits};
+
+use crate::directory::{OrgConfig, StaticOrgs};
+
+/// Loopback by default: a laptop broker should not be reachable from the
+/// network until someone says so (`--listen 0.0.0.0:8080` in a container).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// An idle connection costs a few KiB here; 100k of them is a few hundred MiB,
+/// a sane ceiling for one pod before a load balancer should spread them.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Chat messages, agent frames and tokens are small; bigger payloads belong
+/// in object storage, referenced from a message.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+/// About 10 s of a busy 100 msg/s channel. A client further behind than that
+/// is cheaper to cut off and let resume from history than to buffer for.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Enough for a dashboard watching many channels; more is usually a bug.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
+/// A person types far slower; an agent streaming tokens publishes through its
+/// operator session or HTTP, not through a client connection.
+pub const DEFAULT_PUBLISH_RATE: u32 = 50;
+pub const DEFAULT_PUBLISH_BURST: u32 = 100;
+/// Enough to cover a page reload or a network switch mid-conversation.
+pub const DEFAULT_HISTORY_MESSAGES: usize = 500;
+pub const DEFAULT_HISTORY_AGE: Duration = Duration::from_secs(600);
+/// Below the 30-60 s idle timeouts of common load balancers and NATs.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
+/// Two missed pings and a margin: the peer is gone.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Long enough for in-flight requests and close handshakes; short of
+/// Kubernetes' default 30 s termination grace period.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long an org with no connection keeps its actor warm.
+pub const DEFAULT_ORG_IDLE: Duration = Duration::from_secs(60);
+
+/// The environment variables `serve` reads (each also a flag).
+pub mod env {
+    pub const CONFIG: &str = "SWITCHBOARD_CONFIG";
+    pub const LISTEN: &str = "SWITCHBOARD_LISTEN";
+    pub const LOG_FORMAT: &str = "SWITCHBOARD_LOG_FORMAT";
+    pub const MAX_CONNECTIONS: &str = "SWITCHBOARD_MAX_CONNECTIONS";
+    pub const MAX_FRAME_BYTES: &str = "SWITCHBOARD_MAX_FRAME_BYTES";
+    pub const OUTBOUND_QUEUE: &str = "SWITCHBOARD_OUTBOUND_QUEUE";
+    pub const MAX_SUBSCRIPTIONS: &str = "SWITCHBOARD_MAX_SUBSCRIPTIONS";
+    pub const PUBLISH_RATE: &str = "SWITCHBOARD_PUBLISH_RATE";
+    pub const PUBLISH_BURST: &str = "SWITCHBOARD_PUBLISH_BURST";
+    pub const HISTORY_MESSAGES: &str = "SWITCHBOARD_HISTORY_MESSAGES";
+    pub const HISTORY_AGE_SECS: &str = "SWITCHBOARD_HISTORY_AGE_SECS";
+    pub const SHUTDOWN_GRACE_SECS: &str = "SWITCHBOARD_SHUTDOWN_GRACE_SECS";
+    pub const DRAIN_DELAY_SECS: &str = "SWITCHBOARD_DRAIN_DELAY_SECS";
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The TOML file. Every field is optional; unknown keys are errors, so a
+/// typo does not silently fall back to a default.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub log_format: Option<LogFormat>,
+    /// For the admin API (org management).
+    pub admin_token: Option<String>,
+    #[serde(default)]
+    pub limits: FileLimits,
+    #[serde(default)]
+    pub history: FileHistory,
+    #[serde(default)]
+    pub shutdown: FileShutdown,
+    #[serde(default)]
+    pub orgs: Vec<OrgConfig>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub max_connections: Option<usize>,
+    pub max_frame_bytes: Option<usize>,
+    pub outbound_queue: Option<usize>,
+    pub max_subscriptions: Option<usize>,
+    pub publish_rate: Option<u32>,
+    pub publish_burst: Option<u32>,
+    pub ping_interval_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub org_idle_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHistory {
+    pub max_messages: Option<usize>,
+    pub max_age_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileShutdown {
+    pub grace_secs: Option<u64>,
+    /// Seconds between turning `/ready` false and closing sockets, so a load
+    /// balancer stops routing here first.
+    pub drain_delay_secs: Option<u64>,
+}
+
+/// What flags and environment variables may override (all optional).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// TOML configuration file (default: ./switchboard.toml if it exists)
+    #[arg(long, env = env::CONFIG)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on
+    #[arg(long, env = env::LISTEN)]
+    pub listen: Option<String>,
+    #[arg(long, env = env::LOG_FORMAT, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[arg(long, env = env::MAX_CONNECTIONS)]
+    pub max_connections: Option<usize>,
+    #[arg(long, env = env::MAX_FRAME_BYTES)]
+    pub max_frame_bytes: Option<usize>,
+    /// Frames queued per connection before it is cut off as a slow consumer
+    #[arg(long, env = env::OUTBOUND_QUEUE)]
+    pub outbound_queue: Option<usize>,
+    #[arg(long, env = env::MAX_SUBSCRIPTIONS)]
+    pub max_subscriptions: Option<usize>,
+    /// Publishes per second per connection (0 = unlimited)
+    #[arg(long, env = env::PUBLISH_RATE)]
+    pub publish_rate: Option<u32>,
+    #[arg(long, env = env::PUBLISH_BURST)]
+    pub publish_burst: Option<u32>,
+    /// Messages of history kept per channel
+    #[arg(long, env = env::HISTORY_MESSAGES)]
+    pub history_messages: Option<usize>,
+    #[arg(long, env = env::HISTORY_AGE_SECS)]
+    pub history_age_secs: Option<u64>,
+    #[arg(long, env = env::SHUTDOWN_GRACE_SECS)]
+    pub shutdown_grace_secs: Option<u64>,
+    #[arg(long, env = env::DRAIN_DELAY_SECS)]
+    pub drain_delay_secs: Option<u64>,
+}
+
+/// The settings a server runs with, validated.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub admin_token: Option<String>,
+    pub max_connections: usize,
+    pub max_frame_bytes: usize,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub limits: Limits,
+    pub history: HistoryLimits,
+    pub shutdown_grace: Duration,
+    pub drain_delay: Duration,
+    pub orgs: StaticOrgs,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        toml::from_str(&text).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))
+    }
+}
+
+impl Settings {
+    /// Merges `file` under `over` and validates the result.
+    pub fn resolve(file: FileConfig, over: &Overrides) -> Result<Settings, ConfigErrors> {
+        let mut errors = Vec::new();
+        let listen_text = over
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = listen_text.parse().unwrap_or_else(|e| {
+            errors.push(format!("listen: {listen_text:?} is not an address ({e})"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        });
+        let l = &file.limits;
+        let pick = |o: Option<usize>, f: Option<usize>, d: usize| o.or(f).unwrap_or(d);
+        let max_connections = pick(over.max_connections, l.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let max_frame_bytes = pick(over.max_frame_bytes, l.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+        let outbound_queue = pick(over.outbound_queue, l.outbound_queue, DEFAULT_OUTBOUND_QUEUE);
+        let max_subscriptions = pick(
+            over.max_subscriptions,
+            l.max_subscriptions,
+            DEFAULT_MAX_SUBSCRIPTIONS,
+        );
+        let publish_rate = over
+            .publish_rate
+            .or(l.publish_rate)
+            .unwrap_or(DEFAULT_PUBLISH_RATE);
+        let publish_burst = over
+            .publish_burst
+            .or(l.publish_burst)
+            .unwrap_or(DEFAULT_PUBLISH_BURST);
+        let secs = |o: Option<u64>, f: Option<u64>, d: Duration| o.or(f).map_or(d, Duration::from_secs);
+        let ping_interval = secs(None, l.ping_interval_secs, DEFAULT_PING_INTERVAL);
+        let idle_timeout = secs(None, l.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT);
+        let history = HistoryLimits {
+            max_messages: pick(
+                over.history_messages,
+                file.history.max_messages,
+                DEFAULT_HISTORY_MESSAGES,
+            ),
+            max_age: secs(
+                over.history_age_secs,
+                file.history.max_age_secs,
+                DEFAULT_HISTORY_AGE,
+            ),
+        };
+        for (name, value) in [
+            ("max_connections", max_connections),
+            ("max_frame_bytes", max_frame_bytes),
+            ("outbound_queue", outbound_queue),
+            ("max_subscriptions", max_subscriptions),
+        ] {
+            if value == 0 {
+                errors.push(format!("limits.{name} must be at least 1"));
+            }
+        }
+        if max_frame_bytes > 16 << 20 {
+            errors.push("limits.max_frame_bytes must be at most 16 MiB".into());
+        }
+        if ping_interval.is_zero() || idle_timeout <= ping_interval {
+            errors.push(
+                "limits.idle_timeout_secs must be greater than ping_interval_secs (and both above 0)".into(),
+            );
+        }
+        let orgs = StaticOrgs::from_config(&file.orgs).unwrap_or_else(|mut e| {
+            errors.append(&mut e);
+            StaticOrgs::default()
+        });
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Settings {
+            listen,
+            log_format: over.log_format.or(file.log_format).unwrap_or_default(),
+            admin_token: file.admin_token,
+            max_connections,
+            max_frame_bytes,
+            ping_interval,
+            idle_timeout,
+            limits: Limits {
+                outbound_queue,
+                max_subscriptions,
+                publish_rate,
+                publish_burst,
+                replay_limit: history.max_messages.max(1),
+                org_idle: secs(None, l.org_idle_secs, DEFAULT_ORG_IDLE),
+            },
+            history,
+            shutdown_grace: secs(
+                over.shutdown_grace_secs,
+                file.shutdown.grace_secs,
+                DEFAULT_SHUTDOWN_GRACE,
+            ),
+            drain_delay: secs(
+                over.drain_delay_secs,
+                file.shutdown.drain_delay_secs,
+                Duration::ZERO,
+            ),
+            orgs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_resolve() {
+        let s = Settings::resolve(FileConfig::default(), &Overrides::default()).unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.limits.outbound_queue, DEFAULT_OUTBOUND_QUEUE);
+        assert_eq!(s.history.max_messages, DEFAULT_HISTORY_MESSAGES);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file: FileConfig = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\n[limits]\noutbound_queue = 10\nmax_subscriptions = 3\n",
+        )
+        .unwrap();
+        let over = Overrides {
+            outbound_queue: Some(20),
+            ..Overrides::default()
+        };
+        let s = Settings::resolve(file, &over).unwrap();
+        assert_eq!(s.listen.port(), 9000);
+        assert_eq!(s.limits.outbound_queue, 20);
+        assert_eq!(s.limits.max_subscriptions, 3);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let file: FileConfig =
+            toml::from_str("listen = \"nowhere\"\n[limits]\noutbound_queue = 0\nmax_frame_bytes = 0\n")
+                .unwrap();
+        let err = Settings::resolve(file, &Overrides::default()).unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<FileConfig>("[limits]\noutbound_qeue = 1\n").is_err());
+    }
+}

@@ -1,0 +1,286 @@
+//! Where orgs and their credentials come from. [`OrgDirectory`] is the seam:
+//! today [`StaticOrgs`] reads them from the config file; a dynamic registry
+//! (admin API, embedded store, JetStream KV in cluster mode) implements the
+//! same lookup.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::{Deserialize, Serialize};
+use switchboard_proto::OrgId;
+
+/// An org as the config file describes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgConfig {
+    pub id: String,
+    /// Origins browsers may connect from (exact `scheme://host[:port]`).
+    /// Empty: any origin (and non-browser clients, which send none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+    /// Keys that verify the org's client JWTs; several allow rotation.
+    #[serde(default)]
+    pub jwt_keys: Vec<JwtKeyConfig>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "alg", deny_unknown_fields)]
+pub enum JwtKeyConfig {
+    /// A shared secret of at least 32 bytes.
+    HS256 { secret: String, kid: Option<String> },
+    RS256 {
+        public_key_pem: String,
+        kid: Option<String>,
+    },
+    EdDSA {
+        public_key_pem: String,
+        kid: Option<String>,
+    },
+}
+
+/// An API key as stored: only the SHA-256 of its secret, never the secret.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub id: String,
+    /// Hex SHA-256 of the key's secret part.
+    pub sha256: String,
+    #[serde(default = "Scope::all")]
+    pub scopes: Vec<Scope>,
+}
+
+/// What an API key may do inside its org.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Publish on any channel.
+    Publish,
+    /// Read any channel's history and presence.
+    History,
+    /// Manage the org's users, keys and operator sessions.
+    Admin,
+}
+
+impl Scope {
+    pub fn all() -> Vec<Scope> {
+        vec![Scope::Publish, Scope::History, Scope::Admin]
+    }
+}
+
+/// A key that verifies client tokens.
+pub struct VerifyKey {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    pub key: DecodingKey,
+}
+
+pub struct ApiKey {
+    pub id: String,
+    pub sha256: [u8; 32],
+    pub scopes: Vec<Scope>,
+}
+
+/// An org ready for request handling: keys parsed once.
+pub struct OrgRecord {
+    pub id: OrgId,
+    pub allowed_origins: Vec<String>,
+    pub jwt_keys: Vec<VerifyKey>,
+    pub api_keys: Vec<ApiKey>,
+}
+
+impl OrgRecord {
+    /// Whether a browser at `origin` may connect. Clients that send no
+    /// `Origin` (servers, CLIs) are not browsers and pass.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match origin {
+            None => true,
+            Some(_) if self.allowed_origins.is_empty() => true,
+            Some(o) => self.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)),
+        }
+    }
+
+    pub fn from_config(c: &OrgConfig) -> Result<OrgRecord, Vec<String>> {
+        let mut errors = Vec::new();
+        let id = OrgId::new(&c.id).map_err(|e| vec![format!("orgs: {:?}: {e}", c.id)])?;
+        let at = |what: &str| format!("orgs.{id}.{what}");
+        let mut jwt_keys = Vec::new();
+        for (i, k) in c.jwt_keys.iter().enumerate() {
+            let parsed = match k {
+                JwtKeyConfig::HS256 { secret, kid } if secret.len() >= 32 => {
+                    Ok((Algorithm::HS256, kid, DecodingKey::from_secret(secret.as_bytes())))
+                }
+                JwtKeyConfig::HS256 { .. } => Err("an HS256 secret must be at least 32 bytes".to_string()),
+                JwtKeyConfig::RS256 { public_key_pem, kid } => {
+                    DecodingKey::from_rsa_pem(public_key_pem.as_bytes())
+                        .map(|key| (Algorithm::RS256, kid, key))
+                        .map_err(|e| format!("not an RSA public key in PEM: {e}"))
+                }
+                JwtKeyConfig::EdDSA { public_key_pem, kid } => {
+                    DecodingKey::from_ed_pem(public_key_pem.as_bytes())
+                        .map(|key| (Algorithm::EdDSA, kid, key))
+                        .map_err(|e| format!("not an Ed25519 public key in PEM: {e}"))
+                }
+            };
+            match parsed {
+                Ok((alg, kid, key)) => jwt_keys.push(VerifyKey {
+                    alg,
+                    kid: kid.clone(),
+                    key,
+                }),
+                Err(e) => errors.push(format!("{}: {e}", at(&format!("jwt_keys[{i}]")))),
+            }
+        }
+        let mut api_keys = Vec::new();
+        for k in &c.api_keys {
+            let valid_id = !k.id.is_empty()
+                && k.id.len() <= 64
+                && k.id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid_id {
+                errors.push(format!(
+                    "{}: key ids are 1-64 letters, digits, '-' or '_'",
+                    at("api_keys")
+                ));
+                continue;
+            }
+            match hex32(&k.sha256) {
+                Some(sha256) => api_keys.push(ApiKey {
+                    id: k.id.clone(),
+                    sha256,
+                    scopes: k.scopes.clone(),
+                }),
+                None => errors.push(format!(
+                    "{}: sha256 must be 64 hex digits",
+                    at(&format!("api_keys.{}", k.id))
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(OrgRecord {
+            id,
+            allowed_origins: c.allowed_origins.clone(),
+            jwt_keys,
+            api_keys,
+        })
+    }
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Looks orgs up by id. Implementations keep an in-memory view, so lookups
+/// on the connect path never wait on I/O.
+pub trait OrgDirectory: Send + Sync + 'static {
+    fn get(&self, org: &OrgId) -> Option<Arc<OrgRecord>>;
+}
+
+/// Orgs from the config file, fixed for the life of the process.
+#[derive(Clone, Default)]
+pub struct StaticOrgs {
+    orgs: HashMap<OrgId, Arc<OrgRecord>>,
+}
+
+impl StaticOrgs {
+    pub fn from_config(orgs: &[OrgConfig]) -> Result<StaticOrgs, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut map = HashMap::new();
+        for c in orgs {
+            match OrgRecord::from_config(c) {
+                Ok(r) => {
+                    if map.insert(r.id.clone(), Arc::new(r)).is_some() {
+                        errors.push(format!("orgs: {:?} is defined twice", c.id));
+                    }
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(StaticOrgs { orgs: map })
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.orgs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.orgs.is_empty()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &OrgId> {
+        self.orgs.keys()
+    }
+}
+
+impl OrgDirectory for StaticOrgs {
+    fn get(&self, org: &OrgId) -> Option<Arc<OrgRecord>> {
+        self.orgs.get(org).cloned()
+    }
+}
+
+impl std::fmt::Debug for StaticOrgs {
+    /// Ids only: the records hold key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_list().entries(self.orgs.keys()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org(toml_text: &str) -> Result<OrgRecord, Vec<String>> {
+        OrgRecord::from_config(&toml::from_str(toml_text).unwrap())
+    }
+
+    #[test]
+    fn parses_keys_and_reports_every_problem() {
+        let ok = org(&format!(
+            "id = \"acme\"\n[[jwt_keys]]\nalg = \"HS256\"\nsecret = \"{}\"\n[[api_keys]]\nid = \"k1\"\nsha256 = \"{}\"\n",
+            "s".repeat(32),
+            "ab".repeat(32)
+        ))
+        .unwrap();
+        assert_eq!((ok.jwt_keys.len(), ok.api_keys.len()), (1, 1));
+        assert_eq!(ok.api_keys[0].scopes, Scope::all());
+        let errs = org(
+            "id = \"acme\"\n[[jwt_keys]]\nalg = \"HS256\"\nsecret = \"short\"\n[[jwt_keys]]\nalg = \"RS256\"\npublic_key_pem = \"nope\"\n[[api_keys]]\nid = \"k1\"\nsha256 = \"xyz\"\n",
+        )
+        .err()
+        .unwrap();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(org("id = \"a b\"").is_err());
+    }
+
+    #[test]
+    fn origins() {
+        let mut o = org("id = \"acme\"").unwrap();
+        assert!(o.origin_allowed(Some("https://evil.example")));
+        o.allowed_origins = vec!["https://app.example".into()];
+        assert!(o.origin_allowed(Some("https://APP.example")));
+        assert!(!o.origin_allowed(Some("https://evil.example")));
+        assert!(o.origin_allowed(None));
+    }
+
+    #[test]
+    fn duplicate_orgs_are_refused() {
+        let c: OrgConfig = toml::from_str("id = \"a\"").unwrap();
+        assert!(StaticOrgs::from_config(&[c.clone(), c]).is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! The HTTP surface: one [`router`] over shared [`App`] state, JSON errors
+//! everywhere (`{"error":{"code","message"}}`), one mapping from error to
+//! status.
+
+mod channels;
+mod client_ws;
+mod ops;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use switchboard_actors::Services;
+use switchboard_proto::ErrorCode;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::AuthError;
+use crate::directory::OrgDirectory;
+use crate::ws::WsSettings;
+
+/// Everything a request handler may need, built once at start-up.
+pub struct App {
+    pub services: Arc<Services>,
+    pub directory: Arc<dyn OrgDirectory>,
+    pub ws: WsSettings,
+    pub max_connections: usize,
+    pub prometheus: PrometheusHandle,
+    /// False while starting and once draining: `/ready` and new upgrades say no.
+    pub ready: AtomicBool,
+    /// Client sockets open now (upgrades included), for `max_connections`.
+    pub sockets: Arc<AtomicUsize>,
+    /// Tasks that take over upgraded sockets.
+    pub tasks: TaskTracker,
+}
+
+impl App {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/ws", get(client_ws::upgrade))
+        .route(
+            "/v1/orgs/{org}/channels/{channel}/publish",
+            post(channels::publish),
+        )
+        .route(
+            "/v1/orgs/{org}/channels/{channel}/history",
+            get(channels::history),
+        )
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .with_state(app)
+}
+
+/// An error as the HTTP API reports it.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The status the code usually travels with.
+    pub fn of(code: ErrorCode, message: impl Into<String>) -> Self {
+        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Self::new(status, code, message)
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing | AuthError::Invalid => {
+                ApiError::of(ErrorCode::Unauthorized, "missing or invalid credentials")
+            }
+            AuthError::Scope => ApiError::of(ErrorCode::Forbidden, "this key is not allowed to do that"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}

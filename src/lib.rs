@@ -1,0 +1,23 @@
+//! Switchboard: a multi-tenant, actor-based realtime message broker.
+//!
+//! # Layout
+//! - [`cli`]: the `switchboard` command (`serve`, `init`, `token`).
+//! - [`config`]: settings with reasoned defaults; file, env and flags merged.
+//! - [`directory`]: orgs and their credentials (the `OrgDirectory` seam).
+//! - [`auth`]: client JWTs, API keys, bearer tokens.
+//! - [`server`]: accept loop, HTTP/1.1 serving, ordered shutdown.
+//! - [`http`]: the routes and the JSON error mapping.
+//! - [`ws`]: client WebSockets on the raw socket (handshake, reader, sink, task).
+//! - [`telemetry`]: tracing and the Prometheus recorder.
+//!
+//! The wire types are in `switchboard-proto`, the hub and actors in
+//! `switchboard-actors`.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod directory;
+pub mod http;
+pub mod server;
+pub mod telemetry;
+pub mod ws;

@@ -1,0 +1,164 @@
+//! The server: binds the listener, builds the services once, serves HTTP/1.1
+//! on every accepted socket (client WebSockets leave hyper at the upgrade),
+//! and shuts down in order: not ready, drain delay, stop accepting, close
+//! sockets with 1001, wait out the grace period, stop the actors.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use switchboard_actors::{CloseReason, Hub, InProcess, Tree};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::http::{App, router};
+use crate::ws::WsSettings;
+
+/// A client has this long to send its request headers (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often forgotten channels are swept from in-memory history.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+pub struct Server {
+    listener: TcpListener,
+    app: Arc<App>,
+    tree: Tree,
+    memory: Arc<InProcess>,
+    settings: Settings,
+}
+
+impl Server {
+    /// Binds the listener and starts the actors; nothing is served until [`Server::run`].
+    pub async fn bind(settings: Settings) -> anyhow::Result<Server> {
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let hub = Arc::new(Hub::new(settings.limits.outbound_queue));
+        let memory = Arc::new(InProcess::new(Arc::clone(&hub), settings.history));
+        let tree = Tree::start(hub, memory.clone(), memory.clone(), settings.limits.clone()).await?;
+        let app = Arc::new(App {
+            services: Arc::clone(tree.services()),
+            directory: Arc::new(settings.orgs.clone()),
+            ws: WsSettings {
+                max_frame_bytes: settings.max_frame_bytes,
+                ping_interval: settings.ping_interval,
+                idle_timeout: settings.idle_timeout,
+            },
+            max_connections: settings.max_connections,
+            prometheus: crate::telemetry::prometheus(),
+            ready: AtomicBool::new(false),
+            sockets: Arc::new(AtomicUsize::new(0)),
+            tasks: TaskTracker::new(),
+        });
+        Ok(Server {
+            listener,
+            app,
+            tree,
+            memory,
+            settings,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.settings.listen)
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Serves until `shutdown` resolves, then drains. Errors only if the
+    /// actors failed on their own.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let cancel = CancellationToken::new();
+        let http = TaskTracker::new();
+        let routes = router(Arc::clone(&self.app));
+        let memory = Arc::clone(&self.memory);
+        let sweeper_cancel = cancel.clone();
+        http.spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = sweeper_cancel.cancelled() => return,
+                    _ = every.tick() => { memory.sweep(); }
+                }
+            }
+        });
+        self.app.ready.store(true, Ordering::Release);
+        tracing::info!(addr = %self.local_addr(), "switchboard listening");
+        tokio::pin!(shutdown);
+        let mut failed = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = self.tree.stopped() => {
+                    tracing::error!("the actor tree stopped; shutting down");
+                    failed = true;
+                    break;
+                }
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        http.spawn(serve_http(stream, routes.clone(), cancel.clone()));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors, usually: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        self.drain(cancel, http).await;
+        if failed {
+            anyhow::bail!("the actor tree stopped unexpectedly");
+        }
+        Ok(())
+    }
+
+    async fn drain(self, cancel: CancellationToken, http: TaskTracker) {
+        let grace = self.settings.shutdown_grace;
+        self.app.ready.store(false, Ordering::Release);
+        tracing::info!(delay = ?self.settings.drain_delay, ?grace, "draining");
+        tokio::time::sleep(self.settings.drain_delay).await;
+        drop(self.listener);
+        cancel.cancel();
+        self.app.tasks.close();
+        let _ = tokio::time::timeout(grace, self.app.tasks.wait()).await;
+        if !self.tree.close_connections(CloseReason::GoingAway, grace).await {
+            tracing::warn!("some connections did not close within the grace period");
+        }
+        http.close();
+        if tokio::time::timeout(grace, http.wait()).await.is_err() {
+            tracing::warn!("some HTTP requests did not finish within the grace period");
+        }
+        self.tree.stop().await;
+        tracing::info!("stopped");
+    }
+}
+
+async fn serve_http(stream: TcpStream, routes: axum::Router, cancel: CancellationToken) {
+    // Small frames must leave at once, not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(routes))
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! [`SocketSink`]: the hub's way into one client socket. A frame offered while
+//! nothing is queued is written straight to the socket from the publisher's
+//! task (`try_write`, no task wake-up); only what the kernel does not take at
+//! once is queued, in order, for the connection's own task to finish. The
+//! queue is bounded: overflowing it closes the connection as a slow consumer.
+
+use std::collections::VecDeque;
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use metrics::{counter, histogram};
+use parking_lot::Mutex;
+use switchboard_actors::telemetry;
+use switchboard_actors::{CloseReason, Refused, Sink};
+use switchboard_proto::PreparedFrame;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+pub struct SocketSink {
+    pub(crate) stream: TcpStream,
+    out: Mutex<Out>,
+    /// Wakes the connection's task: frames were queued or a close was asked for.
+    pub(crate) wake: Notify,
+    limit: usize,
+}
+
+struct Out {
+    /// Allocates only once something has to wait.
+    queue: VecDeque<Bytes>,
+    /// The connection's task holds frames taken from the queue and has not
+    /// finished writing them: new frames must queue behind them.
+    busy: bool,
+    closing: Option<CloseReason>,
+    /// The queue starts with the rest of a frame the socket took only part of.
+    torn: bool,
+}
+
+impl SocketSink {
+    pub fn new(stream: TcpStream, limit: usize) -> Self {
+        Self {
+            stream,
+            out: Mutex::new(Out {
+                queue: VecDeque::new(),
+                busy: false,
+                closing: None,
+                torn: false,
+            }),
+            wake: Notify::new(),
+            limit,
+        }
+    }
+
+    /// Takes everything queued as one buffer to write, marking the sink busy
+    /// until [`SocketSink::take_queued`] finds nothing more. The flag says
+    /// whether the buffer starts inside a frame.
+    pub(crate) fn take_queued(&self) -> Option<(Bytes, bool)> {
+        let mut out = self.out.lock();
+        out.busy = !out.queue.is_empty();
+        let torn = std::mem::take(&mut out.torn);
+        let bytes = match out.queue.len() {
+            0 => None,
+            1 => out.queue.pop_front(),
+            _ => {
+                let total = out.queue.iter().map(Bytes::len).sum();
+                let mut batch = BytesMut::with_capacity(total);
+                for frame in &out.queue {
+                    batch.extend_from_slice(frame);
+                }
+                // Give the queue's memory back; most connections rarely queue.
+                out.queue = VecDeque::new();
+                Some(batch.freeze())
+            }
+        };
+        bytes.map(|b| (b, torn))
+    }
+
+    /// Whether a dropped queue left the socket's stream inside a frame.
+    pub(crate) fn torn(&self) -> bool {
+        self.out.lock().torn
+    }
+
+    pub(crate) fn closing(&self) -> Option<CloseReason> {
+        self.out.lock().closing
+    }
+
+    fn start_close(&self, reason: CloseReason) -> bool {
+        let mut out = self.out.lock();
+        if out.closing.is_some() {
+            return false;
+        }
+        out.closing = Some(reason);
+        if !reason.flush_first() {
+            out.queue = VecDeque::new();
+        }
+        true
+    }
+
+    /// Shuts the socket both ways without the connection's task.
+    fn shutdown_now(&self) {
+        let _ = socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Sink for SocketSink {
+    fn offer(&self, frame: &PreparedFrame) -> Result<(), Refused> {
+        let wire = frame.wire();
+        let mut out = self.out.lock();
+        if out.closing.is_some() {
+            return Err(Refused::Closed);
+        }
+        if !out.busy && out.queue.is_empty() {
+            let rest = match self.stream.try_write(wire) {
+                Ok(n) if n == wire.len() => return Ok(()),
+                Ok(n) => {
+                    out.torn = n > 0;
+                    wire.slice(n..)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wire.clone(),
+                Err(_) => {
+                    out.closing = Some(CloseReason::PeerGone);
+                    drop(out);
+                    self.wake.notify_one();
+                    return Err(Refused::Closed);
+                }
+            };
+            out.queue.push_back(rest);
+            drop(out);
+            self.wake.notify_one();
+            return Ok(());
+        }
+        if out.queue.len() >= self.limit {
+            out.closing = Some(CloseReason::SlowConsumer);
+            out.queue = VecDeque::new();
+            drop(out);
+            counter!(telemetry::SLOW_CONSUMERS).increment(1);
+            self.wake.notify_one();
+            return Err(Refused::Full);
+        }
+        out.queue.push_back(wire.clone());
+        let depth = out.queue.len();
+        drop(out);
+        // The task already knows: it is busy, or was woken by the first queued frame.
+        histogram!(telemetry::QUEUE_DEPTH).record(depth as f64);
+        Ok(())
+    }
+
+    fn close(&self, reason: CloseReason) {
+        if self.start_close(reason) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn abort(&self, reason: CloseReason) {
+        self.start_close(reason);
+        if reason.sends_frame() {
+            let _ = self.stream.try_write(reason.frame().wire());
+        }
+        self.shutdown_now();
+    }
+}

@@ -1,0 +1,275 @@
+//! The client protocol over real WebSockets: the happy path, every kind of
+//! bad input (each answered with its code while the connection keeps
+//! working), refused upgrades, and org isolation.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use switchboard_proto::{ErrorCode, RequestId, ServerFrame};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+#[tokio::test]
+async fn subscribe_publish_and_receive_in_order() {
+    let server = TestServer::start().await;
+    let mut alice = Client::connect_all(&server, "acme").await;
+    let mut bob = Client::connect_all(&server, "acme").await;
+    let ack = alice.subscribe(1, "chat.1").await;
+    assert_eq!((ack.offset, ack.recovered), (Some(0), None));
+    assert!(ack.epoch.is_some());
+    bob.subscribe(1, "chat.1").await;
+
+    bob.send(json!({"type": "publish", "id": 2, "channel": "chat.1", "data": {"text": "hi"}}))
+        .await;
+    // The publisher is also a subscriber: its message and its ack both arrive.
+    let mut got_ack = false;
+    let mut got_msg = false;
+    for _ in 0..2 {
+        match bob.next().await {
+            ServerFrame::Ack(a) => {
+                assert_eq!((a.id, a.offset), (RequestId::Num(2), Some(1)));
+                got_ack = true;
+            }
+            ServerFrame::Message { offset, .. } => {
+                assert_eq!(offset, 1);
+                got_msg = true;
+            }
+            other => panic!("{}", other.to_json()),
+        }
+    }
+    assert!(got_ack && got_msg);
+    assert_eq!(server.publish("acme", "chat.1", json!("two")).await, 2);
+    assert_eq!(alice.message().await, (1, json!({"text": "hi"})));
+    assert_eq!(alice.message().await, (2, json!("two")));
+
+    alice
+        .send(json!({"type": "unsubscribe", "id": 3, "channel": "chat.1"}))
+        .await;
+    alice.ack(3).await;
+    server.publish("acme", "chat.1", json!("three")).await;
+    alice.ping(4).await; // nothing arrived between the unsubscribe ack and the pong
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_the_connection_keeps_working() {
+    let server = TestServer::start_with(|c| c.limits.max_frame_bytes = Some(1024)).await;
+    let mut c = Client::connect(&server, &token("acme", "t", &["chat.*"], &["chat.1"])).await;
+    c.subscribe(1, "chat.1").await;
+    let cases: Vec<(Message, Option<RequestId>, ErrorCode)> = vec![
+        (Message::text("{nope"), None, ErrorCode::ValidationError),
+        (Message::text("[1,2]"), None, ErrorCode::ValidationError),
+        (
+            Message::text(r#"{"type":"dance","id":5}"#),
+            Some(RequestId::Num(5)),
+            ErrorCode::ValidationError,
+        ),
+        (
+            Message::text(r#"{"id":6}"#),
+            Some(RequestId::Num(6)),
+            ErrorCode::ValidationError,
+        ),
+        (
+            Message::text(r#"{"type":"subscribe","id":7,"channel":"bad name!"}"#),
+            Some(RequestId::Num(7)),
+            ErrorCode::ValidationError,
+        ),
+        (
+            Message::text(r#"{"type":"subscribe","id":8,"channel":"chat.>"}"#),
+            Some(RequestId::Num(8)),
+            ErrorCode::ValidationError,
+        ),
+        (
+            Message::text(r#"{"type":"subscribe","id":9,"channel":"secret.1"}"#),
+            Some(RequestId::Num(9)),
+            ErrorCode::Forbidden,
+        ),
+        (
+            Message::text(r#"{"type":"publish","id":10,"channel":"chat.2","data":1}"#),
+            Some(RequestId::Num(10)),
+            ErrorCode::Forbidden,
+        ),
+        (
+            Message::text(r#"{"type":"subscribe","id":11,"channel":"chat.1"}"#),
+            Some(RequestId::Num(11)),
+            ErrorCode::AlreadySubscribed,
+        ),
+        (
+            Message::text(r#"{"type":"unsubscribe","id":12,"channel":"chat.9"}"#),
+            Some(RequestId::Num(12)),
+            ErrorCode::NotFound,
+        ),
+        (
+            Message::text(r#"{"type":"publish","id":13,"channel":"chat.1"}"#),
+            Some(RequestId::Num(13)),
+            ErrorCode::ValidationError,
+        ),
+        (
+            Message::text(r#"{"type":"send","id":14,"to":"role:main-ai","data":1}"#),
+            Some(RequestId::Num(14)),
+            ErrorCode::NotFound,
+        ),
+        (Message::binary(vec![1, 2, 3]), None, ErrorCode::ValidationError),
+        (Message::text("x".repeat(5000)), None, ErrorCode::FrameTooLarge),
+        (
+            Message::text(format!(
+                r#"{{"type":"publish","id":1,"channel":"chat.1","data":"{}"}}"#,
+                "y".repeat(2000)
+            )),
+            None,
+            ErrorCode::FrameTooLarge,
+        ),
+    ];
+    for (i, (msg, id, code)) in cases.into_iter().enumerate() {
+        let shown = format!("{msg:?}").chars().take(80).collect::<String>();
+        c.send_raw(msg).await;
+        assert_eq!(c.error().await, (id, code), "case {i}: {shown}");
+        c.ping(1000 + i as u64).await;
+    }
+    // Still subscribed, still receiving.
+    server.publish("acme", "chat.1", json!("after")).await;
+    assert_eq!(c.message().await.1, json!("after"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refused_upgrades_are_http_errors() {
+    let server =
+        TestServer::start_with(|c| c.orgs[0].allowed_origins = vec!["https://app.acme.test".into()]).await;
+    let base = format!("ws://{}/v1/ws", server.addr);
+    let now = switchboard::auth::now_secs();
+    let cases = [
+        ("no token", base.clone(), vec![], 401),
+        ("garbage", format!("{base}?token=garbage"), vec![], 401),
+        ("empty", format!("{base}?token="), vec![], 401),
+        (
+            "expired",
+            server.ws_url(&token_signed(
+                &secret("acme"),
+                "acme",
+                "a",
+                &[">"],
+                &[],
+                now - 600,
+            )),
+            vec![],
+            401,
+        ),
+        (
+            "signed by another org",
+            server.ws_url(&token_signed(
+                &secret("acme"),
+                "globex",
+                "a",
+                &[">"],
+                &[],
+                now + 60,
+            )),
+            vec![],
+            401,
+        ),
+        (
+            "unknown org",
+            server.ws_url(&token_signed(
+                &secret("acme"),
+                "initech",
+                "a",
+                &[">"],
+                &[],
+                now + 60,
+            )),
+            vec![],
+            401,
+        ),
+        (
+            "foreign origin",
+            server.ws_url(&token("acme", "a", &[">"], &[])),
+            vec![("origin", "https://evil.test")],
+            403,
+        ),
+    ];
+    for (what, url, headers, status) in cases {
+        assert_eq!(
+            refused_status(upgrade_request(&url, &headers)).await,
+            status,
+            "{what}"
+        );
+    }
+    // The allowed origin, and a bearer header instead of the query.
+    let ok = upgrade_request(
+        &server.ws_url(&token("acme", "a", &[">"], &[])),
+        &[("origin", "https://app.acme.test")],
+    );
+    assert!(tokio_tungstenite::connect_async(ok).await.is_ok());
+    let bearer = format!("Bearer {}", token("globex", "a", &[">"], &[]));
+    let ok = upgrade_request(&base, &[("authorization", bearer.as_str())]);
+    assert!(tokio_tungstenite::connect_async(ok).await.is_ok());
+
+    // Not a WebSocket request at all: a JSON error.
+    let res = reqwest::get(server.url("/v1/ws")).await.unwrap();
+    assert_eq!(res.status(), 426);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
+    // A refused token says no more than that.
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/ws?token=garbage", server.url("")))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "missing or invalid credentials");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn orgs_never_see_each_other() {
+    let server = TestServer::start().await;
+    let mut acme = Client::connect_all(&server, "acme").await;
+    let mut globex = Client::connect_all(&server, "globex").await;
+    acme.subscribe(1, "chat").await;
+    globex.subscribe(1, "chat").await;
+    server.publish("globex", "chat", json!("for globex")).await;
+    server.publish("acme", "chat", json!("for acme")).await;
+    assert_eq!(
+        acme.message().await,
+        (1, json!("for acme")),
+        "globex's message never reached acme"
+    );
+    assert_eq!(globex.message().await, (1, json!("for globex")));
+    // An acme key cannot publish into globex.
+    let res = reqwest::Client::new()
+        .post(server.url("/v1/orgs/globex/channels/chat/publish"))
+        .bearer_auth(server.api_key("acme"))
+        .json(&json!({"data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    globex.ping(2).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_close_is_answered() {
+    let server = TestServer::start().await;
+    let mut c = Client::connect_all(&server, "acme").await;
+    c.subscribe(1, "x").await;
+    c.send_raw(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await;
+    let frame = c.closed().await.expect("a close frame back");
+    assert_eq!(frame.code, CloseCode::Normal);
+    eventually("connection released", async || server.connections().await == 0).await;
+    server.stop().await;
+}
