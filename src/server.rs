@@ -95,11 +95,25 @@ impl Server {
         self.app.ready.store(true, Ordering::Release);
         tracing::info!(addr = %self.local_addr(), "switchboard listening");
         tokio::pin!(shutdown);
+        // Until the shutdown signal, then for the drain delay with `/ready`
+        // false, so load balancers see us go before we stop answering.
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
         let mut failed = false;
         loop {
+            let until_drained = async {
+                match drain_deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
+                _ = &mut shutdown, if drain_deadline.is_none() => {
+                    self.app.ready.store(false, Ordering::Release);
+                    tracing::info!(delay = ?self.settings.drain_delay, "draining");
+                    drain_deadline = Some(tokio::time::Instant::now() + self.settings.drain_delay);
+                }
+                _ = until_drained => break,
                 _ = self.tree.stopped() => {
                     tracing::error!("the actor tree stopped; shutting down");
                     failed = true;
@@ -127,8 +141,6 @@ impl Server {
     async fn drain(self, cancel: CancellationToken, http: TaskTracker) {
         let grace = self.settings.shutdown_grace;
         self.app.ready.store(false, Ordering::Release);
-        tracing::info!(delay = ?self.settings.drain_delay, ?grace, "draining");
-        tokio::time::sleep(self.settings.drain_delay).await;
         drop(self.listener);
         cancel.cancel();
         self.app.tasks.close();

@@ -1,0 +1,243 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+//! The HTTP API: publish and history with org API keys, probes and metrics,
+//! and every refusal as a JSON error with its status.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use switchboard::auth::new_api_key;
+use switchboard::directory::{ApiKeyConfig, Scope};
+use switchboard_proto::OrgId;
+
+async fn post(url: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(key) = key {
+        req = req.bearer_auth(key);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(url: &str, key: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(key) = key {
+        req = req.bearer_auth(key);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+#[tokio::test]
+async fn publish_refusals() {
+    let server = TestServer::start_with(|c| c.limits.max_frame_bytes = Some(256)).await;
+    let url = server.url("/v1/orgs/acme/channels/chat/publish");
+    let key = Some(server.api_key("acme"));
+    let cases = [
+        ("no key", url.clone(), None, r#"{"data":1}"#, 401, "UNAUTHORIZED"),
+        (
+            "wrong key",
+            url.clone(),
+            Some("sbk.acme.test.nope"),
+            r#"{"data":1}"#,
+            401,
+            "UNAUTHORIZED",
+        ),
+        (
+            "not a key",
+            url.clone(),
+            Some("hello"),
+            r#"{"data":1}"#,
+            401,
+            "UNAUTHORIZED",
+        ),
+        (
+            "other org's key",
+            url.clone(),
+            Some(server.api_key("globex")),
+            r#"{"data":1}"#,
+            401,
+            "UNAUTHORIZED",
+        ),
+        (
+            "unknown org",
+            server.url("/v1/orgs/initech/channels/chat/publish"),
+            key,
+            r#"{"data":1}"#,
+            401,
+            "UNAUTHORIZED",
+        ),
+        (
+            "bad org id",
+            server.url("/v1/orgs/a%20b/channels/chat/publish"),
+            key,
+            r#"{"data":1}"#,
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "bad channel",
+            server.url("/v1/orgs/acme/channels/chat.*/publish"),
+            key,
+            r#"{"data":1}"#,
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "malformed JSON",
+            url.clone(),
+            key,
+            r#"{"data":"#,
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "missing data",
+            url.clone(),
+            key,
+            r#"{"text":1}"#,
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "null data",
+            url.clone(),
+            key,
+            r#"{"data":null}"#,
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "too large",
+            url.clone(),
+            key,
+            &format!(r#"{{"data":"{}"}}"#, "x".repeat(300)),
+            413,
+            "FRAME_TOO_LARGE",
+        ),
+    ];
+    for (what, url, key, body, status, want) in cases {
+        let (got, reply) = post(&url, key, body).await;
+        assert_eq!((got, code(&reply)), (status, want), "{what}: {reply}");
+    }
+    let (status, reply) = post(&url, key, r#"{"data":{"n":1}}"#).await;
+    assert_eq!((status, reply["offset"].as_u64()), (200, Some(1)));
+    assert!(reply["epoch"].is_string());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn history_pages_through_what_was_published() {
+    let server = TestServer::start_with(|c| c.history.max_messages = Some(5)).await;
+    for n in 1..=8 {
+        server.publish("acme", "news", json!({ "n": n })).await;
+    }
+    let key = Some(server.api_key("acme"));
+    let history = |q: &str| server.url(&format!("/v1/orgs/acme/channels/news/history{q}"));
+    let (status, page) = get(&history("?since=5&limit=2"), key).await;
+    assert_eq!(status, 200);
+    let offsets: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![6, 7]);
+    assert_eq!(
+        (
+            page["top"].as_u64(),
+            page["complete"].as_bool(),
+            page["more"].as_bool()
+        ),
+        (Some(8), Some(true), Some(true))
+    );
+    assert_eq!(page["messages"][0]["data"], json!({"n": 6}));
+    // Offsets 1-3 were trimmed (5 kept): reading from 0 is not complete.
+    let (_, page) = get(&history(""), key).await;
+    assert_eq!(page["complete"], json!(false));
+    assert_eq!(page["messages"].as_array().unwrap().len(), 0);
+    // A channel nobody used: empty, complete.
+    let (status, page) = get(&server.url("/v1/orgs/acme/channels/nothing/history"), key).await;
+    assert_eq!(
+        (status, page["top"].as_u64(), page["complete"].as_bool()),
+        (200, Some(0), Some(true))
+    );
+    // Refusals.
+    assert_eq!(get(&history(""), None).await.0, 401);
+    assert_eq!(get(&history(""), Some(server.api_key("globex"))).await.0, 401);
+    let (status, reply) = get(&history("?since=-1"), key).await;
+    assert_eq!((status, code(&reply)), (400, "VALIDATION_ERROR"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn keys_are_scoped() {
+    let publish_only = new_api_key(&OrgId::new("acme").unwrap(), "pub").unwrap();
+    let stored = ApiKeyConfig {
+        id: publish_only.id.clone(),
+        sha256: publish_only.sha256_hex.clone(),
+        scopes: vec![Scope::Publish],
+    };
+    let server = TestServer::start_with(|c| c.orgs[0].api_keys.push(stored)).await;
+    let (status, _) = post(
+        &server.url("/v1/orgs/acme/channels/c/publish"),
+        Some(&publish_only.plaintext),
+        r#"{"data":1}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, reply) = get(
+        &server.url("/v1/orgs/acme/channels/c/history"),
+        Some(&publish_only.plaintext),
+    )
+    .await;
+    assert_eq!((status, code(&reply)), (403, "FORBIDDEN"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn probes_and_metrics() {
+    let server = TestServer::start().await;
+    assert_eq!(
+        get(&server.url("/health"), None).await,
+        (200, json!({"status": "ok"}))
+    );
+    assert_eq!(
+        get(&server.url("/ready"), None).await,
+        (200, json!({"status": "ready"}))
+    );
+    let (status, body) = get(&server.url("/v1/nothing-here"), None).await;
+    assert_eq!((status, code(&body)), (404, "NOT_FOUND"));
+    let mut c = Client::connect_all(&server, "acme").await;
+    c.subscribe(1, "m").await;
+    server.publish("acme", "m", json!(1)).await;
+    c.message().await;
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "switchboard_connections",
+        "switchboard_subscriptions",
+        "switchboard_messages_in_total",
+        "switchboard_deliveries_total",
+        "switchboard_delivered_bytes_total",
+        "switchboard_publish_to_write_seconds",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    assert!(server.metric("switchboard_deliveries_total").await >= 1.0);
+    server.stop().await;
+}
