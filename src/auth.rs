@@ -251,6 +251,45 @@ mod tests {
     }
 
     #[test]
+    fn rs256_and_eddsa_tokens() {
+        use jsonwebtoken::{EncodingKey, encode};
+        let org = OrgConfig {
+            id: "acme".into(),
+            allowed_origins: vec![],
+            jwt_keys: vec![
+                JwtKeyConfig::RS256 {
+                    public_key_pem: include_str!("../tests/keys/rsa-public.pem").into(),
+                    kid: None,
+                },
+                JwtKeyConfig::EdDSA {
+                    public_key_pem: include_str!("../tests/keys/ed25519-public.pem").into(),
+                    kid: Some("ed-1".into()),
+                },
+            ],
+            api_keys: vec![],
+        };
+        let d = StaticOrgs::from_config(&[org]).unwrap();
+        let c = claims("acme", now_secs() + 60);
+        let rsa = EncodingKey::from_rsa_pem(include_bytes!("../tests/keys/rsa-private.pem")).unwrap();
+        let ed = EncodingKey::from_ed_pem(include_bytes!("../tests/keys/ed25519-private.pem")).unwrap();
+        let rs_token = encode(&Header::new(Algorithm::RS256), &c, &rsa).unwrap();
+        assert!(verify_client_token(&d, &rs_token).is_ok());
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("ed-1".into());
+        let ed_token = encode(&header, &c, &ed).unwrap();
+        assert!(verify_client_token(&d, &ed_token).is_ok());
+        // A kid that names no key is refused, as is an algorithm the org has no key for.
+        header.kid = Some("ed-2".into());
+        let wrong_kid = encode(&header, &c, &ed).unwrap();
+        assert_eq!(
+            verify_client_token(&d, &wrong_kid).err(),
+            Some(AuthError::Invalid)
+        );
+        let hs = sign_hs256(SECRET, &c).unwrap();
+        assert_eq!(verify_client_token(&d, &hs).err(), Some(AuthError::Invalid));
+    }
+
+    #[test]
     fn api_keys() {
         let acme = OrgId::new("acme").unwrap();
         let key = new_api_key(&acme, "k1").unwrap();

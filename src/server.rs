@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::http::{App, router};
 use crate::ws::WsSettings;
+use crate::ws::socket::Heartbeat;
 
 /// A client has this long to send its request headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,8 +50,10 @@ impl Server {
             directory: Arc::new(settings.orgs.clone()),
             ws: WsSettings {
                 max_frame_bytes: settings.max_frame_bytes,
-                ping_interval: settings.ping_interval,
-                idle_timeout: settings.idle_timeout,
+                heartbeat: Heartbeat {
+                    ping_interval: settings.ping_interval,
+                    idle_timeout: settings.idle_timeout,
+                },
             },
             max_connections: settings.max_connections,
             prometheus: crate::telemetry::prometheus(),

@@ -273,3 +273,34 @@ async fn client_close_is_answered() {
     eventually("connection released", async || server.connections().await == 0).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn quiet_peers_are_pinged_and_silent_ones_dropped() {
+    let server = TestServer::start_with(|c| {
+        c.limits.ping_interval_secs = Some(1);
+        c.limits.idle_timeout_secs = Some(3);
+    })
+    .await;
+    let mut live = Client::connect_all(&server, "acme").await;
+    let mut silent = Client::connect_all(&server, "acme").await;
+    // `live` keeps reading (tungstenite answers pings as it reads); `silent` never reads.
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(4500);
+    while let Ok(msg) = tokio::time::timeout_at(until, futures_util::StreamExt::next(&mut live.ws)).await {
+        match msg {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        pings >= 2,
+        "a quiet client is pinged about every second ({pings} pings)"
+    );
+    live.ping(1).await; // still connected
+    let close = silent.closed().await.expect("a close frame");
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1008, "idle timeout")
+    );
+    server.stop().await;
+}

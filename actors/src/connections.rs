@@ -3,14 +3,15 @@
 //! A connection is not a ractor actor: one measured ~7.8 KiB per actor
 //! against ~0.5 KiB per tokio task, and an idle connection must cost under
 //! 4 KiB in all. Each connection is one task (its reader, frame handler and
-//! writer) that this actor starts, tracks and watches: when the task ends
-//! (normally or by panic) its subscriptions are released here, a panic closes
-//! only that socket (1011, the client reconnects and resumes), and draining
-//! closes every socket with 1001.
+//! writer), spawned on the tree's task tracker and registered here. When the
+//! task ends (normally or by panic) its subscriptions are released; a panic
+//! closes only that socket (1011, the client reconnects and resumes). This
+//! actor also drives the heartbeat sweep and closes every socket on drain.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use metrics::{counter, gauge};
@@ -18,19 +19,22 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use switchboard_proto::ConnId;
 use tokio_util::task::TaskTracker;
 
-use crate::backplane::BoxFuture;
 use crate::connection::ConnShared;
 use crate::sink::CloseReason;
 use crate::telemetry;
 
+/// How often every connection's sink gets its heartbeat.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
 pub enum ConnectionsMsg {
-    /// Runs a connection's task under supervision.
-    Start(Arc<ConnShared>, BoxFuture<'static, ()>),
-    /// A connection's task ended.
+    /// A connection's task was spawned.
+    Started(Arc<ConnShared>),
+    /// A connection's task ended; `true` if it panicked.
     Exited(ConnId, bool),
     /// Closes every connection; replies with the tracker to await their end.
     CloseAll(CloseReason, RpcReplyPort<TaskTracker>),
     Count(RpcReplyPort<usize>),
+    Heartbeat,
 }
 
 pub struct ConnectionsState {
@@ -44,46 +48,36 @@ pub struct Connections;
 impl Actor for Connections {
     type Msg = ConnectionsMsg;
     type State = ConnectionsState;
-    type Arguments = ();
+    type Arguments = TaskTracker;
 
     async fn pre_start(
         &self,
-        _me: ActorRef<ConnectionsMsg>,
-        _: (),
+        me: ActorRef<ConnectionsMsg>,
+        tracker: TaskTracker,
     ) -> Result<ConnectionsState, ActorProcessingErr> {
+        me.send_interval(HEARTBEAT_EVERY, || ConnectionsMsg::Heartbeat);
         Ok(ConnectionsState {
             live: HashMap::new(),
-            tracker: TaskTracker::new(),
+            tracker,
             closing: None,
         })
     }
 
     async fn handle(
         &self,
-        me: ActorRef<ConnectionsMsg>,
+        _me: ActorRef<ConnectionsMsg>,
         msg: ConnectionsMsg,
         state: &mut ConnectionsState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ConnectionsMsg::Start(shared, task) => {
-                let id = shared.id;
+            ConnectionsMsg::Started(shared) => {
                 if let Some(reason) = state.closing {
                     // Accepted just before draining began: close it too.
                     shared.sink.close(reason);
                 }
-                state.live.insert(id, Arc::clone(&shared));
+                state.live.insert(shared.id, shared);
                 gauge!(telemetry::CONNECTIONS).increment(1.0);
                 counter!(telemetry::CONNECTIONS_OPENED).increment(1);
-                state.tracker.spawn(async move {
-                    let panicked = AssertUnwindSafe(task).catch_unwind().await.is_err();
-                    if panicked {
-                        shared.sink.abort(CloseReason::Internal);
-                    }
-                    shared.release();
-                    // The supervisor outlives its tasks except at shutdown,
-                    // when there is nobody left to tell.
-                    let _ = me.cast(ConnectionsMsg::Exited(id, panicked));
-                });
             }
             ConnectionsMsg::Exited(id, panicked) => {
                 if state.live.remove(&id).is_some() {
@@ -105,7 +99,30 @@ impl Actor for Connections {
             ConnectionsMsg::Count(reply) => {
                 let _ = reply.send(state.live.len());
             }
+            ConnectionsMsg::Heartbeat => {
+                for shared in state.live.values() {
+                    shared.sink.heartbeat();
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Runs a connection's task: whatever way it ends, its subscriptions and
+/// org hold are released and the supervisor hears of it; a panic closes the
+/// socket with 1011 first.
+pub(crate) async fn supervised(
+    shared: Arc<ConnShared>,
+    task: impl std::future::Future<Output = ()>,
+    supervisor: ActorRef<ConnectionsMsg>,
+) {
+    let panicked = AssertUnwindSafe(task).catch_unwind().await.is_err();
+    if panicked {
+        shared.sink.abort(CloseReason::Internal);
+    }
+    shared.release();
+    // The supervisor outlives its tasks except at shutdown, when there is
+    // nobody left to tell.
+    let _ = supervisor.cast(ConnectionsMsg::Exited(shared.id, panicked));
 }

@@ -99,6 +99,11 @@ pub trait Sink: Send + Sync + 'static {
     /// Closes at once, for when the connection's own task is gone (it
     /// panicked): best effort close frame, then the socket is shut.
     fn abort(&self, reason: CloseReason);
+
+    /// Called about once a second by the supervisor: a socket pings a quiet
+    /// peer and closes one silent for too long. One sweep for all
+    /// connections costs less than a timer in every connection's task.
+    fn heartbeat(&self) {}
 }
 
 /// An in-memory sink with a bounded queue, for tests and benchmarks.

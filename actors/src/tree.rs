@@ -15,10 +15,11 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use switchboard_proto::{ConnId, OrgId};
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 use crate::backplane::{Backplane, History};
 use crate::connection::{Connection, Identity};
-use crate::connections::{Connections, ConnectionsMsg};
+use crate::connections::{Connections, ConnectionsMsg, supervised};
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::org::OrgHandle;
@@ -33,6 +34,8 @@ pub struct Services {
     pub limits: Limits,
     orgs: ActorRef<OrgsMsg>,
     connections: ActorRef<ConnectionsMsg>,
+    /// Every connection's task, so draining can wait for them.
+    tracker: TaskTracker,
     next_conn: AtomicU64,
 }
 
@@ -67,15 +70,18 @@ impl Services {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let shared = Arc::clone(conn.shared());
-        let task = Box::pin(task(conn));
+        // Registered before the task can end, so `Exited` always follows `Started`.
         if self
             .connections
-            .cast(ConnectionsMsg::Start(Arc::clone(&shared), task))
+            .cast(ConnectionsMsg::Started(Arc::clone(&shared)))
             .is_err()
         {
             shared.sink.abort(CloseReason::GoingAway);
             shared.release();
+            return;
         }
+        self.tracker
+            .spawn(supervised(shared, task(conn), self.connections.clone()));
     }
 
     pub(crate) fn release_org(&self, org: &OrgId) {
@@ -101,6 +107,7 @@ struct RootArgs {
     hub: Arc<Hub>,
     backplane: Arc<dyn Backplane>,
     org_idle: Duration,
+    tracker: TaskTracker,
 }
 
 struct RootState {
@@ -126,7 +133,7 @@ impl Actor for Root {
             idle: args.org_idle,
         };
         let (orgs, _) = Actor::spawn_linked(None, Orgs, orgs_args, me.get_cell()).await?;
-        let (connections, _) = Actor::spawn_linked(None, Connections, (), me.get_cell()).await?;
+        let (connections, _) = Actor::spawn_linked(None, Connections, args.tracker, me.get_cell()).await?;
         Ok(RootState { orgs, connections })
     }
 
@@ -194,10 +201,12 @@ impl Tree {
         history: Arc<dyn History>,
         limits: Limits,
     ) -> Result<Tree, TreeError> {
+        let tracker = TaskTracker::new();
         let args = RootArgs {
             hub: Arc::clone(&hub),
             backplane: Arc::clone(&backplane),
             org_idle: limits.org_idle,
+            tracker: tracker.clone(),
         };
         let (root, handle) = Actor::spawn(None, Root, args)
             .await
@@ -210,6 +219,7 @@ impl Tree {
             limits,
             orgs,
             connections,
+            tracker,
             next_conn: AtomicU64::new(1),
         });
         Ok(Tree {

@@ -75,7 +75,11 @@ pub async fn upgrade(State(app): State<Arc<App>>, mut req: Request<Body>) -> Res
         let Some((stream, initial)) = take_socket(on_upgrade).await else {
             return;
         };
-        let sink = Arc::new(SocketSink::new(stream, app.services.limits.outbound_queue));
+        let sink = Arc::new(SocketSink::new(
+            stream,
+            app.services.limits.outbound_queue,
+            app.ws.heartbeat,
+        ));
         match app.services.open(identity, sink.clone()).await {
             Ok(conn) => {
                 let settings = app.ws;

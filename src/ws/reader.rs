@@ -3,13 +3,20 @@
 //! everything in it was handled. Messages larger than the limit are skipped
 //! as they stream in, never buffered.
 
+use std::cell::RefCell;
 use std::io;
 
 use switchboard_proto::ws::{self, FrameError, OpCode};
 use tokio::net::TcpStream;
 
-/// Bytes read from the socket per `read` call, at least.
-const READ_CHUNK: usize = 4096;
+/// Bytes read from the socket per `read` call, at most.
+const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// Every connection on a worker thread reads into this one buffer and
+    /// keeps (copies) only what it read, so an idle connection holds none.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
@@ -62,19 +69,19 @@ impl FrameReader {
 
     /// Reads what the socket has, without waiting.
     pub fn fill(&mut self, stream: &TcpStream) -> io::Result<Filled> {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK {
-            self.buf.reserve(READ_CHUNK);
-        }
-        match stream.try_read_buf(&mut self.buf) {
+        SCRATCH.with_borrow_mut(|scratch| match stream.try_read(scratch) {
             Ok(0) => Ok(Filled::Eof),
-            Ok(_) => Ok(Filled::Bytes),
+            Ok(n) => {
+                if self.start > 0 {
+                    self.buf.drain(..self.start);
+                    self.start = 0;
+                }
+                self.buf.extend_from_slice(&scratch[..n]);
+                Ok(Filled::Bytes)
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Filled::WouldBlock),
             Err(e) => Err(e),
-        }
+        })
     }
 
     /// Frees the buffer when everything in it was handled.

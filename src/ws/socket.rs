@@ -6,22 +6,46 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use metrics::{counter, histogram};
 use parking_lot::Mutex;
 use switchboard_actors::telemetry;
 use switchboard_actors::{CloseReason, Refused, Sink};
 use switchboard_proto::PreparedFrame;
+use switchboard_proto::ws::{self, OpCode};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+
+/// Milliseconds since the process started: a clock cheap to keep in an atomic.
+fn now_ms() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64
+}
+
+static PING: LazyLock<PreparedFrame> =
+    LazyLock::new(|| PreparedFrame::from_wire(ws::frame(OpCode::Ping, b"")));
+
+/// When to ping a quiet peer and when to give up on a silent one.
+#[derive(Clone, Copy, Debug)]
+pub struct Heartbeat {
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+}
 
 pub struct SocketSink {
     pub(crate) stream: TcpStream,
     out: Mutex<Out>,
-    /// Wakes the connection's task: frames were queued or a close was asked for.
-    pub(crate) wake: Notify,
+    /// The connection's task, woken when frames were queued or a close was asked for.
+    waker: AtomicWaker,
+    signaled: AtomicBool,
     limit: usize,
+    heartbeat: Heartbeat,
+    last_heard_ms: AtomicU64,
+    last_ping_ms: AtomicU64,
 }
 
 struct Out {
@@ -36,7 +60,8 @@ struct Out {
 }
 
 impl SocketSink {
-    pub fn new(stream: TcpStream, limit: usize) -> Self {
+    pub fn new(stream: TcpStream, limit: usize, heartbeat: Heartbeat) -> Self {
+        let now = now_ms();
         Self {
             stream,
             out: Mutex::new(Out {
@@ -45,9 +70,30 @@ impl SocketSink {
                 closing: None,
                 torn: false,
             }),
-            wake: Notify::new(),
+            waker: AtomicWaker::new(),
+            signaled: AtomicBool::new(false),
             limit,
+            heartbeat,
+            last_heard_ms: AtomicU64::new(now),
+            last_ping_ms: AtomicU64::new(now),
         }
+    }
+
+    fn signal(&self) {
+        self.signaled.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Registers the connection's task to be woken; true if it was signaled
+    /// since it last asked.
+    pub(crate) fn poll_signal(&self, cx: &std::task::Context<'_>) -> bool {
+        self.waker.register(cx.waker());
+        self.signaled.swap(false, Ordering::AcqRel)
+    }
+
+    /// The peer sent something: it is alive.
+    pub(crate) fn heard(&self) {
+        self.last_heard_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     /// Takes everything queued as one buffer to write, marking the sink busy
@@ -94,11 +140,6 @@ impl SocketSink {
         }
         true
     }
-
-    /// Shuts the socket both ways without the connection's task.
-    fn shutdown_now(&self) {
-        let _ = socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Both);
-    }
 }
 
 impl Sink for SocketSink {
@@ -119,13 +160,13 @@ impl Sink for SocketSink {
                 Err(_) => {
                     out.closing = Some(CloseReason::PeerGone);
                     drop(out);
-                    self.wake.notify_one();
+                    self.signal();
                     return Err(Refused::Closed);
                 }
             };
             out.queue.push_back(rest);
             drop(out);
-            self.wake.notify_one();
+            self.signal();
             return Ok(());
         }
         if out.queue.len() >= self.limit {
@@ -133,20 +174,20 @@ impl Sink for SocketSink {
             out.queue = VecDeque::new();
             drop(out);
             counter!(telemetry::SLOW_CONSUMERS).increment(1);
-            self.wake.notify_one();
+            self.signal();
             return Err(Refused::Full);
         }
         out.queue.push_back(wire.clone());
         let depth = out.queue.len();
         drop(out);
-        // The task already knows: it is busy, or was woken by the first queued frame.
+        // The task already knows: it is busy, or was signaled by the first queued frame.
         histogram!(telemetry::QUEUE_DEPTH).record(depth as f64);
         Ok(())
     }
 
     fn close(&self, reason: CloseReason) {
         if self.start_close(reason) {
-            self.wake.notify_one();
+            self.signal();
         }
     }
 
@@ -155,6 +196,20 @@ impl Sink for SocketSink {
         if reason.sends_frame() {
             let _ = self.stream.try_write(reason.frame().wire());
         }
-        self.shutdown_now();
+        let _ = socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Both);
+    }
+
+    fn heartbeat(&self) {
+        let now = now_ms();
+        let silent = now.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed));
+        if silent >= self.heartbeat.idle_timeout.as_millis() as u64 {
+            self.close(CloseReason::IdleTimeout);
+            return;
+        }
+        let interval = self.heartbeat.ping_interval.as_millis() as u64;
+        if silent >= interval && now.saturating_sub(self.last_ping_ms.load(Ordering::Relaxed)) >= interval {
+            self.last_ping_ms.store(now, Ordering::Relaxed);
+            let _ = self.offer(&PING);
+        }
     }
 }

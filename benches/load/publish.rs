@@ -1,0 +1,226 @@
+//! Open-loop publishers: message `i` is due at `t0 + i/R`, stamped with that
+//! scheduled time and sent when due (or at once when behind), never paced by
+//! the server's replies. A channel's messages always leave from one lane, in
+//! order, so every subscriber can check its sequence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::net;
+use crate::payload::stamped;
+use crate::scenario::Plan;
+use crate::target::{Switchboard, Target};
+
+/// How messages reach the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// `POST /v1/orgs/:org/channels/:channel/publish` (Switchboard).
+    Http,
+    /// `publish` frames on one client WebSocket (Switchboard).
+    Ws,
+    /// Core NATS publishes on one TCP connection (the nats-server baseline).
+    Nats,
+}
+
+/// HTTP lanes: independent keep-alive connections, each owning a share of the channels.
+const HTTP_LANES: usize = 8;
+
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Messages published per channel id.
+    pub per_channel: Vec<u64>,
+    pub errors: u64,
+    /// How far behind schedule the publisher fell at worst.
+    pub max_lag: Duration,
+}
+
+/// The schedule: when message `i` is due, as an instant and as wall-clock µs.
+#[derive(Clone, Copy)]
+pub struct Schedule {
+    pub start: Instant,
+    pub start_us: u64,
+    pub rate: f64,
+}
+
+impl Schedule {
+    fn due(&self, i: u64) -> (Instant, u64) {
+        let offset = Duration::from_secs_f64(i as f64 / self.rate);
+        (self.start + offset, self.start_us + offset.as_micros() as u64)
+    }
+}
+
+/// Publishes the whole plan on `target`.
+pub async fn publish(
+    target: &Target,
+    plan: &Plan,
+    via: Via,
+    schedule: Schedule,
+) -> anyhow::Result<Published> {
+    let plan = Arc::new(plan.clone());
+    match (target, via) {
+        (Target::Switchboard(sb), Via::Http) => http(sb, plan, schedule).await,
+        (Target::Switchboard(sb), Via::Ws) => ws(sb, plan, schedule).await,
+        (Target::Nats(n), Via::Nats) => nats(&n.nats_url, plan, schedule).await,
+        (t, v) => bail!("{} cannot be published to via {v:?}", t.name()),
+    }
+}
+
+/// Walks the schedule over the messages a lane owns: each comes out when
+/// due, and the lane reports whether it went out.
+struct Ticks<'a, F: Fn(u32) -> bool> {
+    plan: &'a Plan,
+    schedule: Schedule,
+    owns: F,
+    next: u64,
+    out: Published,
+}
+
+impl<'a, F: Fn(u32) -> bool> Ticks<'a, F> {
+    fn new(plan: &'a Plan, schedule: Schedule, owns: F) -> Self {
+        let out = Published {
+            per_channel: vec![0; plan.channel_count()],
+            ..Published::default()
+        };
+        Self {
+            plan,
+            schedule,
+            owns,
+            next: 0,
+            out,
+        }
+    }
+
+    /// The next message this lane owns, once it is due: (channel, payload).
+    async fn next(&mut self) -> Option<(u32, String)> {
+        while self.next < self.plan.messages() {
+            let i = self.next;
+            self.next += 1;
+            let channel = self.plan.channel_for(i);
+            if !(self.owns)(channel) {
+                continue;
+            }
+            let (due, due_us) = self.schedule.due(i);
+            let now = Instant::now();
+            if now < due {
+                tokio::time::sleep_until(due).await;
+            } else {
+                self.out.max_lag = self.out.max_lag.max(now - due);
+            }
+            let seq = self.out.per_channel[channel as usize] + 1;
+            return Some((channel, stamped(channel, seq, due_us, self.plan.payload)));
+        }
+        None
+    }
+
+    /// Records whether the message handed out last for `channel` was sent.
+    fn sent(&mut self, channel: u32, ok: bool) {
+        if ok {
+            self.out.per_channel[channel as usize] += 1;
+        } else {
+            self.out.errors += 1;
+        }
+    }
+}
+
+fn merge(parts: Vec<Published>) -> Published {
+    let mut total = Published::default();
+    for p in parts {
+        if total.per_channel.len() < p.per_channel.len() {
+            total.per_channel.resize(p.per_channel.len(), 0);
+        }
+        for (t, c) in total.per_channel.iter_mut().zip(&p.per_channel) {
+            *t += c;
+        }
+        total.errors += p.errors;
+        total.max_lag = total.max_lag.max(p.max_lag);
+    }
+    total
+}
+
+async fn http(sb: &Switchboard, plan: Arc<Plan>, schedule: Schedule) -> anyhow::Result<Published> {
+    let mut lanes = Vec::new();
+    for lane in 0..HTTP_LANES {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .tcp_nodelay(true)
+            .build()?;
+        let plan = Arc::clone(&plan);
+        let base = format!("http://{}/v1/orgs/{}/channels", sb.addr, sb.org);
+        let key = sb.api_key.clone();
+        lanes.push(tokio::spawn(async move {
+            let mut ticks = Ticks::new(&plan, schedule, |c| c as usize % HTTP_LANES == lane);
+            while let Some((channel, payload)) = ticks.next().await {
+                let sent = client
+                    .post(format!("{base}/{}/publish", plan.channel_name(channel)))
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(format!(r#"{{"data":{payload}}}"#))
+                    .send()
+                    .await;
+                ticks.sent(channel, sent.is_ok_and(|r| r.status().is_success()));
+            }
+            ticks.out
+        }));
+    }
+    let mut parts = Vec::new();
+    for lane in lanes {
+        parts.push(lane.await?);
+    }
+    Ok(merge(parts))
+}
+
+async fn ws(sb: &Switchboard, plan: Arc<Plan>, schedule: Schedule) -> anyhow::Result<Published> {
+    let token = sb.token("load-publisher", true)?;
+    let ws = net::websocket(&sb.ws_url(&token), sb.addr, 0, 1).await?;
+    let (mut tx, mut rx) = ws.split();
+    // Replies are counted, not waited for: the schedule is open-loop.
+    let errors = tokio::spawn(async move {
+        let mut errors = 0u64;
+        while let Some(Ok(msg)) = rx.next().await {
+            if let Message::Text(t) = msg
+                && t.contains(r#""type":"error""#)
+            {
+                errors += 1;
+            }
+        }
+        errors
+    });
+    let mut ticks = Ticks::new(&plan, schedule, |_| true);
+    let mut id = 0u64;
+    while let Some((channel, payload)) = ticks.next().await {
+        id += 1;
+        let frame = format!(
+            r#"{{"type":"publish","id":{id},"channel":"{}","data":{payload}}}"#,
+            plan.channel_name(channel)
+        );
+        let sent = tx.send(Message::text(frame)).await;
+        ticks.sent(channel, sent.is_ok());
+    }
+    let mut out = ticks.out;
+    // Let the last acks arrive before closing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = tx.close().await;
+    out.errors += tokio::time::timeout(Duration::from_secs(5), errors)
+        .await
+        .context("publisher reader")??;
+    Ok(out)
+}
+
+async fn nats(url: &str, plan: Arc<Plan>, schedule: Schedule) -> anyhow::Result<Published> {
+    let client = async_nats::connect(url).await?;
+    let mut ticks = Ticks::new(&plan, schedule, |_| true);
+    while let Some((channel, payload)) = ticks.next().await {
+        let sent = client
+            .publish(plan.channel_name(channel), payload.into_bytes().into())
+            .await;
+        ticks.sent(channel, sent.is_ok());
+    }
+    client.flush().await?;
+    Ok(ticks.out)
+}

@@ -1,0 +1,256 @@
+//! One run: connect and subscribe every connection (bounded concurrent
+//! handshakes), then measure what the scenario asks for: deliveries under an
+//! open-loop publisher, idle memory, or the connect rate.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::stream::SelectAll;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::payload::now_us;
+use crate::procfs;
+use crate::publish::{self, Schedule, Via};
+use crate::report::{Latency, RunResult};
+use crate::scenario::{Mode, Plan};
+use crate::stats::{ConnSeq, Recorder};
+use crate::target::{Target, Ws};
+
+/// Tasks the subscribers are spread over, each with its own histogram.
+const READER_GROUPS: usize = 16;
+/// After the last publish, how long deliveries may keep arriving without progress.
+const DRAIN_QUIET: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub target: Target,
+    pub plan: Plan,
+    pub via: Via,
+    /// Source addresses to spread client sockets over (127.0.0.1..=n).
+    pub sources: usize,
+    /// Handshakes in flight at once.
+    pub handshakes: usize,
+    /// The server process, for CPU and memory.
+    pub server_pid: Option<u32>,
+    pub label: String,
+}
+
+struct Connected {
+    conns: Vec<(usize, Ws)>,
+    elapsed: Duration,
+    connect_ms: Histogram<u64>,
+    errors: u64,
+}
+
+async fn connect_all(cfg: &RunConfig) -> Connected {
+    let started = Instant::now();
+    let plan = &cfg.plan;
+    let results: Vec<_> = futures_util::stream::iter(0..plan.connections)
+        .map(|i| {
+            let names: Vec<String> = plan
+                .channels_of(i)
+                .into_iter()
+                .map(|c| plan.channel_name(c))
+                .collect();
+            async move {
+                let t = Instant::now();
+                let ws = cfg.target.open(i, &names, cfg.sources).await;
+                (i, ws, t.elapsed())
+            }
+        })
+        .buffer_unordered(cfg.handshakes.max(1))
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    let mut connect_ms = Histogram::new_with_bounds(1, 600_000, 3).expect("constant, valid bounds");
+    let mut conns = Vec::with_capacity(results.len());
+    let mut errors = 0;
+    for (i, ws, took) in results {
+        match ws {
+            Ok(ws) => {
+                let _ = connect_ms.record((took.as_millis() as u64).max(1));
+                conns.push((i, ws));
+            }
+            Err(e) => {
+                if errors == 0 {
+                    eprintln!("connect {i} failed: {e:#}");
+                }
+                errors += 1;
+            }
+        }
+    }
+    Connected {
+        conns,
+        elapsed,
+        connect_ms,
+        errors,
+    }
+}
+
+pub async fn run(cfg: RunConfig) -> anyhow::Result<RunResult> {
+    let sample = || {
+        cfg.server_pid
+            .and_then(|pid| procfs::sample(pid).ok())
+            .unwrap_or_default()
+    };
+    let before = sample();
+    let connected = connect_all(&cfg).await;
+    let mut result = RunResult::new(&cfg);
+    result.connect_errors = connected.errors;
+    result.connect_per_s = connected.conns.len() as f64 / connected.elapsed.as_secs_f64().max(1e-9);
+    result.connect_p99_ms = connected.connect_ms.value_at_quantile(0.99);
+    result.rss_kib_before = before.rss_kib;
+    match cfg.plan.mode {
+        Mode::ConnectStorm => {
+            result.rss_kib_after = sample().rss_kib;
+        }
+        Mode::Idle { settle } => {
+            tokio::time::sleep(settle).await;
+            let after = sample();
+            result.rss_kib_after = after.rss_kib;
+            let n = connected.conns.len().max(1) as f64;
+            result.rss_kib_per_conn = Some(after.rss_kib.saturating_sub(before.rss_kib) as f64 / n);
+        }
+        Mode::Deliver => deliver(&cfg, connected.conns, &mut result, sample).await?,
+    }
+    Ok(result)
+}
+
+async fn deliver(
+    cfg: &RunConfig,
+    conns: Vec<(usize, Ws)>,
+    result: &mut RunResult,
+    sample: impl Fn() -> procfs::Sample,
+) -> anyhow::Result<()> {
+    let plan = &cfg.plan;
+    let subscribers = plan.subscribers();
+    let expected: u64 = (0..plan.messages())
+        .map(|i| subscribers[plan.channel_for(i) as usize])
+        .sum();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut groups: Vec<Vec<(usize, Ws)>> = (0..READER_GROUPS).map(|_| Vec::new()).collect();
+    for (n, conn) in conns.into_iter().enumerate() {
+        groups[n % READER_GROUPS].push(conn);
+    }
+    let readers: Vec<_> = groups
+        .into_iter()
+        .filter(|g| !g.is_empty())
+        .map(|group| {
+            tokio::spawn(read_group(
+                cfg.target.clone(),
+                plan.clone(),
+                group,
+                Arc::clone(&delivered),
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+
+    let start = sample();
+    let schedule = Schedule {
+        start: Instant::now() + Duration::from_millis(100),
+        start_us: now_us() + 100_000,
+        rate: plan.rate,
+    };
+    let published = publish::publish(&cfg.target, plan, cfg.via, schedule).await?;
+    // Wait for the tail: until everything arrived or nothing moved for a while.
+    let mut last = delivered.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    while last < expected && quiet_since.elapsed() < DRAIN_QUIET {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = delivered.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let measured_for = schedule.start.elapsed();
+    let end = sample();
+    let _ = stop_tx.send(true);
+
+    let mut total = Recorder::new();
+    for r in readers {
+        let (rec, seqs) = r.await?;
+        total.merge(&rec);
+        total.lost += seqs
+            .iter()
+            .map(|s| s.tail_lost(&published.per_channel))
+            .sum::<u64>();
+    }
+    result.published = published.per_channel.iter().sum();
+    result.publish_errors = published.errors;
+    result.publisher_max_lag_ms = published.max_lag.as_millis() as u64;
+    result.expected = expected;
+    result.delivered = total.delivered;
+    result.lost = total.lost;
+    result.duplicated = total.duplicated + total.foreign;
+    result.delivered_per_s = total.delivered as f64 / measured_for.as_secs_f64();
+    result.latency_us = Some(Latency::from(&total.latency));
+    result.rss_kib_after = end.rss_kib;
+    let user = end.user.saturating_sub(start.user).as_secs_f64();
+    let system = end.system.saturating_sub(start.system).as_secs_f64();
+    result.server_user_s = user;
+    result.server_sys_s = system;
+    if total.delivered > 0 {
+        let per = 1e6 / total.delivered as f64;
+        result.cpu_s_per_1m = Some((user + system) * per);
+        result.user_us_per_delivery = Some(user * per);
+        result.sys_us_per_delivery = Some(system * per);
+    }
+    Ok(())
+}
+
+/// Reads a share of the connections until told to stop; returns what it
+/// recorded and each connection's sequence state.
+async fn read_group(
+    target: Target,
+    plan: Plan,
+    group: Vec<(usize, Ws)>,
+    delivered: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) -> (Recorder, Vec<ConnSeq>) {
+    let mut recorder = Recorder::new();
+    let mut seqs = Vec::with_capacity(group.len());
+    let mut readers = Vec::with_capacity(group.len());
+    let mut sinks = Vec::with_capacity(group.len());
+    let mut streams = SelectAll::new();
+    for (slot, (conn, ws)) in group.into_iter().enumerate() {
+        seqs.push(ConnSeq::new(plan.channels_of(conn)));
+        readers.push(target.reader());
+        let (sink, stream) = ws.split();
+        sinks.push(sink);
+        streams.push(stream.map(move |m| (slot, m)));
+    }
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            item = streams.next() => {
+                let Some((slot, Ok(msg))) = item else {
+                    if item.is_none() { break } else { continue }
+                };
+                let now = now_us();
+                let mut n = 0;
+                let reply = readers[slot].read(&msg, |stamp| {
+                    recorder.record(&mut seqs[slot], stamp, now);
+                    n += 1;
+                });
+                if n > 0 {
+                    delivered.fetch_add(n, Ordering::Relaxed);
+                }
+                if let Some(reply) = reply {
+                    let _ = sinks[slot].send(reply).await;
+                }
+            }
+        }
+    }
+    for mut sink in sinks {
+        let _ = sink.close().await;
+    }
+    (recorder, seqs)
+}

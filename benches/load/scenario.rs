@@ -1,0 +1,168 @@
+//! The benchmark scenarios as plans: who subscribes to what, and what is
+//! published how fast.
+
+use std::time::Duration;
+
+/// How connections map to channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Connection `i` subscribes to channel `i % channels`.
+    Fanout { channels: usize },
+    /// Connection `i` subscribes to its own channel and to its group's.
+    Personal { group_size: usize },
+}
+
+/// What a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Publish open-loop and measure deliveries.
+    Deliver,
+    /// Connect, subscribe, settle, read the server's RSS.
+    Idle { settle: Duration },
+    /// Connect and subscribe as fast as possible.
+    ConnectStorm,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub scenario: String,
+    pub connections: usize,
+    pub layout: Layout,
+    pub mode: Mode,
+    /// Messages per second, all channels together.
+    pub rate: f64,
+    pub payload: usize,
+    pub duration: Duration,
+}
+
+pub const SCENARIOS: &[&str] = &["fanout-1k", "fanout-10k", "personal", "idle", "connect-storm"];
+
+impl Plan {
+    pub fn preset(name: &str) -> Option<Plan> {
+        let plan = |connections, layout, mode, rate, secs| Plan {
+            scenario: name.to_owned(),
+            connections,
+            layout,
+            mode,
+            rate,
+            payload: 100,
+            duration: Duration::from_secs(secs),
+        };
+        Some(match name {
+            "fanout-1k" => plan(1_000, Layout::Fanout { channels: 1 }, Mode::Deliver, 100.0, 60),
+            "fanout-10k" => plan(10_000, Layout::Fanout { channels: 1 }, Mode::Deliver, 10.0, 60),
+            "personal" => plan(
+                5_000,
+                Layout::Personal { group_size: 10 },
+                Mode::Deliver,
+                1_000.0,
+                60,
+            ),
+            "idle" => plan(
+                10_000,
+                Layout::Fanout { channels: 1 },
+                Mode::Idle {
+                    settle: Duration::from_secs(10),
+                },
+                0.0,
+                0,
+            ),
+            "connect-storm" => plan(5_000, Layout::Fanout { channels: 1 }, Mode::ConnectStorm, 0.0, 0),
+            _ => return None,
+        })
+    }
+
+    /// Number of distinct channels.
+    pub fn channel_count(&self) -> usize {
+        match self.layout {
+            Layout::Fanout { channels } => channels,
+            Layout::Personal { group_size } => self.connections + self.connections.div_ceil(group_size),
+        }
+    }
+
+    /// The channels connection `conn` subscribes to (ids).
+    pub fn channels_of(&self, conn: usize) -> Vec<u32> {
+        match self.layout {
+            Layout::Fanout { channels } => vec![(conn % channels) as u32],
+            Layout::Personal { group_size } => {
+                vec![conn as u32, (self.connections + conn / group_size) as u32]
+            }
+        }
+    }
+
+    /// A channel's name, the same for every target.
+    pub fn channel_name(&self, id: u32) -> String {
+        match self.layout {
+            Layout::Fanout { channels: 1 } => "room".into(),
+            Layout::Fanout { .. } => format!("room.{id}"),
+            Layout::Personal { .. } if (id as usize) < self.connections => format!("user.{id}"),
+            Layout::Personal { .. } => format!("group.{}", id as usize - self.connections),
+        }
+    }
+
+    /// Subscribers of each channel.
+    pub fn subscribers(&self) -> Vec<u64> {
+        let mut counts = vec![0u64; self.channel_count()];
+        for conn in 0..self.connections {
+            for ch in self.channels_of(conn) {
+                counts[ch as usize] += 1;
+            }
+        }
+        counts
+    }
+
+    /// Messages published in the run.
+    pub fn messages(&self) -> u64 {
+        (self.rate * self.duration.as_secs_f64()).round() as u64
+    }
+
+    /// The channel message `i` goes to: round robin for fan-out; for the chat
+    /// shape, alternately a spread of personal channels and of groups.
+    pub fn channel_for(&self, i: u64) -> u32 {
+        match self.layout {
+            Layout::Fanout { channels } => (i % channels as u64) as u32,
+            Layout::Personal { .. } => {
+                let users = self.connections as u64;
+                let groups = (self.channel_count() as u64) - users;
+                let k = i / 2;
+                // A multiplicative step spreads consecutive messages over channels.
+                if i.is_multiple_of(2) {
+                    ((k * 7919) % users) as u32
+                } else {
+                    (users + (k * 7919) % groups) as u32
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_exists() {
+        for name in SCENARIOS {
+            assert!(Plan::preset(name).is_some(), "{name}");
+        }
+        assert!(Plan::preset("nope").is_none());
+    }
+
+    #[test]
+    fn personal_layout() {
+        let p = Plan {
+            connections: 25,
+            ..Plan::preset("personal").unwrap()
+        };
+        assert_eq!(p.channel_count(), 25 + 3);
+        assert_eq!(p.channels_of(12), vec![12, 26]);
+        assert_eq!(p.channel_name(12), "user.12");
+        assert_eq!(p.channel_name(26), "group.1");
+        let subs = p.subscribers();
+        assert_eq!(subs[..25].iter().sum::<u64>(), 25);
+        assert_eq!(&subs[25..], &[10, 10, 5]);
+        for i in 0..100 {
+            assert!((p.channel_for(i) as usize) < p.channel_count());
+        }
+    }
+}

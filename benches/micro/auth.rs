@@ -1,0 +1,95 @@
+//! What authenticating one connection costs: client JWT verification with
+//! each supported algorithm, and API-key verification.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use switchboard::auth::{
+    ClientClaims, new_api_key, now_secs, sign_hs256, verify_api_key, verify_client_token,
+};
+use switchboard::directory::{ApiKeyConfig, JwtKeyConfig, OrgConfig, Scope, StaticOrgs};
+use switchboard_proto::{ChannelPattern, OrgId};
+
+const SECRET: &str = "bench-secret-0123456789-0123456789";
+
+fn verify(c: &mut Criterion) {
+    let org = OrgId::new("bench").expect("valid");
+    let key = new_api_key(&org, "k").expect("OS RNG");
+    let dir = StaticOrgs::from_config(&[OrgConfig {
+        id: "bench".into(),
+        allowed_origins: vec![],
+        jwt_keys: vec![
+            JwtKeyConfig::HS256 {
+                secret: SECRET.into(),
+                kid: None,
+            },
+            JwtKeyConfig::RS256 {
+                public_key_pem: include_str!("../../tests/keys/rsa-public.pem").into(),
+                kid: None,
+            },
+            JwtKeyConfig::EdDSA {
+                public_key_pem: include_str!("../../tests/keys/ed25519-public.pem").into(),
+                kid: None,
+            },
+        ],
+        api_keys: vec![ApiKeyConfig {
+            id: "k".into(),
+            sha256: key.sha256_hex.clone(),
+            scopes: Scope::all(),
+        }],
+    }])
+    .expect("valid config");
+    let claims = ClientClaims {
+        sub: "user-42".into(),
+        org: "bench".into(),
+        exp: now_secs() + 3600,
+        iat: None,
+        subscribe: vec![ChannelPattern::new("chat.>").expect("valid")],
+        publish: vec![ChannelPattern::new("chat.42").expect("valid")],
+    };
+    let token = sign_hs256(SECRET, &claims).expect("signs");
+    let sign = |alg, pem: &[u8], rsa: bool| {
+        let key = if rsa {
+            EncodingKey::from_rsa_pem(pem)
+        } else {
+            EncodingKey::from_ed_pem(pem)
+        }
+        .expect("test key");
+        jsonwebtoken::encode(&Header::new(alg), &claims, &key).expect("signs")
+    };
+    let rs256 = sign(
+        Algorithm::RS256,
+        include_bytes!("../../tests/keys/rsa-private.pem"),
+        true,
+    );
+    let eddsa = sign(
+        Algorithm::EdDSA,
+        include_bytes!("../../tests/keys/ed25519-private.pem"),
+        false,
+    );
+    let mut g = c.benchmark_group("connect_auth");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("jwt_hs256", |b| {
+        b.iter(|| verify_client_token(&dir, std::hint::black_box(&token)).is_ok())
+    });
+    g.bench_function("jwt_rs256", |b| {
+        b.iter(|| verify_client_token(&dir, std::hint::black_box(&rs256)).is_ok())
+    });
+    g.bench_function("jwt_eddsa", |b| {
+        b.iter(|| verify_client_token(&dir, std::hint::black_box(&eddsa)).is_ok())
+    });
+    g.bench_function("api_key", |b| {
+        b.iter(|| {
+            verify_api_key(
+                &dir,
+                Some(std::hint::black_box(&key.plaintext)),
+                Some(&org),
+                Scope::Publish,
+            )
+            .is_ok()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, verify);
+criterion_main!(benches);

@@ -1,0 +1,138 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+//! The load generator against real servers: both protocol adapters deliver
+//! every message of a small plan exactly once, through each publish path,
+//! and the result reports what the table needs.
+
+mod harness;
+
+use std::time::Duration;
+
+use switchboard_bench::publish::Via;
+use switchboard_bench::run::{RunConfig, run};
+use switchboard_bench::scenario::{Layout, Mode, Plan};
+use switchboard_bench::target::Target;
+
+fn plan(layout: Layout, connections: usize) -> Plan {
+    Plan {
+        scenario: "test".into(),
+        connections,
+        layout,
+        mode: Mode::Deliver,
+        rate: 200.0,
+        payload: 64,
+        duration: Duration::from_secs(1),
+    }
+}
+
+async fn check(target: Target, plan: Plan, via: Via) {
+    let result = run(RunConfig {
+        target,
+        plan: plan.clone(),
+        via,
+        sources: 2,
+        handshakes: 8,
+        server_pid: Some(std::process::id()),
+        label: "test".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(result.connect_errors, 0);
+    assert_eq!(result.published, plan.messages(), "{via:?}");
+    assert!(result.expected > 0);
+    assert_eq!(
+        (result.delivered, result.lost, result.duplicated),
+        (result.expected, 0, 0),
+        "{via:?}"
+    );
+    let latency = result.latency_us.unwrap();
+    assert!(latency.p50 > 0 && latency.p99 >= latency.p50);
+    assert!(result.cpu_s_per_1m.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchboard_adapter_over_http_and_ws() {
+    let server = harness::switchboard().await;
+    let target = Target::Switchboard(server.target.clone());
+    check(
+        target.clone(),
+        plan(Layout::Fanout { channels: 3 }, 30),
+        Via::Http,
+    )
+    .await;
+    check(
+        target.clone(),
+        plan(Layout::Personal { group_size: 5 }, 20),
+        Via::Ws,
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_adapter_over_websocket() {
+    let nats = harness::nats_server();
+    let target = Target::Nats(nats.target.clone());
+    check(
+        target.clone(),
+        plan(Layout::Fanout { channels: 3 }, 30),
+        Via::Nats,
+    )
+    .await;
+    check(target, plan(Layout::Personal { group_size: 5 }, 20), Via::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_connect_storm_report_their_figures() {
+    let server = harness::switchboard().await;
+    let target = Target::Switchboard(server.target.clone());
+    let base = RunConfig {
+        target,
+        plan: Plan {
+            connections: 50,
+            mode: Mode::Idle {
+                settle: Duration::from_millis(200),
+            },
+            ..plan(Layout::Fanout { channels: 1 }, 50)
+        },
+        via: Via::Http,
+        sources: 1,
+        handshakes: 16,
+        server_pid: Some(std::process::id()),
+        label: "test".into(),
+    };
+    let idle = run(base.clone()).await.unwrap();
+    assert!(idle.rss_kib_per_conn.is_some());
+    let storm = run(RunConfig {
+        plan: Plan {
+            mode: Mode::ConnectStorm,
+            ..base.plan.clone()
+        },
+        ..base
+    })
+    .await
+    .unwrap();
+    assert!(storm.connect_per_s > 0.0);
+    assert_eq!(storm.connect_errors, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_target_is_refused() {
+    let nats = harness::nats_server();
+    let err = run(RunConfig {
+        target: Target::Nats(nats.target.clone()),
+        plan: plan(Layout::Fanout { channels: 1 }, 1),
+        via: Via::Http,
+        sources: 1,
+        handshakes: 1,
+        server_pid: None,
+        label: String::new(),
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("cannot be published to via Http"),
+        "{err}"
+    );
+}
