@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use switchboard_actors::Identity;
-use switchboard_proto::{ChannelPattern, Grants, OrgId, Subject};
+use switchboard_proto::{ChannelPattern, Grants, OrgId, Subject, TargetPattern};
 
 use crate::directory::{OrgDirectory, OrgRecord, Scope};
 
@@ -35,6 +35,9 @@ pub struct ClientClaims {
     /// Channel patterns the client may publish on.
     #[serde(default)]
     pub publish: Vec<ChannelPattern>,
+    /// Operator addresses it may `send` to: `role:<name>`, `role:*`, `op:*`, `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub send: Vec<TargetPattern>,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +109,7 @@ pub fn verify_client_token(dir: &dyn OrgDirectory, token: &str) -> Result<Verifi
                 grants: Grants {
                     subscribe: c.subscribe,
                     publish: c.publish,
+                    send: c.send,
                 },
             },
             org,
@@ -205,6 +209,7 @@ mod tests {
 
     fn dir(keys: Vec<ApiKeyConfig>) -> StaticOrgs {
         let org = |id: &str, secret: &str| OrgConfig {
+            rollup: vec![],
             id: id.into(),
             allowed_origins: vec![],
             jwt_keys: vec![JwtKeyConfig::HS256 {
@@ -224,6 +229,7 @@ mod tests {
             iat: None,
             subscribe: vec![ChannelPattern::new("chat.>").unwrap()],
             publish: vec![],
+            send: vec![],
         }
     }
 
@@ -254,6 +260,7 @@ mod tests {
     fn rs256_and_eddsa_tokens() {
         use jsonwebtoken::{EncodingKey, encode};
         let org = OrgConfig {
+            rollup: vec![],
             id: "acme".into(),
             allowed_origins: vec![],
             jwt_keys: vec![

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use switchboard_proto::{ChannelPattern, OrgId};
+use switchboard_proto::{ChannelPattern, OrgId, TargetPattern};
 
 use crate::auth::{ClientClaims, new_api_key, now_secs, random_token, sign_hs256};
 use crate::config::{FileConfig, Overrides, Settings};
@@ -54,6 +54,9 @@ pub enum Command {
         /// Channel patterns it may publish on (repeatable; default: all)
         #[arg(long)]
         publish: Vec<String>,
+        /// Operator addresses it may send to: role:<name>, role:*, op:*, * (repeatable; default: *)
+        #[arg(long)]
+        send: Vec<String>,
         /// Lifetime in seconds
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
@@ -70,10 +73,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             sub,
             subscribe,
             publish,
+            send,
             ttl,
         } => {
             let file = FileConfig::load(&config)?;
-            let token = token_for(&file, &org, &sub, &subscribe, &publish, ttl)?;
+            let grants = TokenGrants {
+                subscribe: &subscribe,
+                publish: &publish,
+                send: &send,
+            };
+            let token = token_for(&file, &org, &sub, grants, ttl)?;
             println!("{token}");
             Ok(())
         }
@@ -92,7 +101,7 @@ async fn serve(over: Overrides) -> anyhow::Result<()> {
     };
     let demo = match demo {
         Some(api_key) => Some((
-            token_for(&file, "demo", "demo-user", &[], &[], DEMO_TOKEN_TTL_SECS)?,
+            token_for(&file, "demo", "demo-user", TokenGrants::ALL, DEMO_TOKEN_TTL_SECS)?,
             api_key,
         )),
         None => None,
@@ -114,6 +123,7 @@ fn demo_config(org: &str) -> anyhow::Result<(FileConfig, String)> {
     let file = FileConfig {
         admin_token: Some(random_token(32)?),
         orgs: vec![OrgConfig {
+            rollup: vec![],
             id: org.into(),
             allowed_origins: vec![],
             jwt_keys: vec![JwtKeyConfig::HS256 {
@@ -180,13 +190,28 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// The grants of a token as given on the command line; empty means all.
+#[derive(Clone, Copy)]
+pub struct TokenGrants<'a> {
+    pub subscribe: &'a [String],
+    pub publish: &'a [String],
+    pub send: &'a [String],
+}
+
+impl TokenGrants<'_> {
+    pub const ALL: TokenGrants<'static> = TokenGrants {
+        subscribe: &[],
+        publish: &[],
+        send: &[],
+    };
+}
+
 /// A client token for `org` signed with its first HS256 secret.
 pub fn token_for(
     file: &FileConfig,
     org: &str,
     sub: &str,
-    subscribe: &[String],
-    publish: &[String],
+    grants: TokenGrants,
     ttl: u64,
 ) -> anyhow::Result<String> {
     let org_config = file
@@ -217,8 +242,17 @@ pub fn token_for(
         org: org.into(),
         exp: now + ttl,
         iat: Some(now),
-        subscribe: patterns(subscribe)?,
-        publish: patterns(publish)?,
+        subscribe: patterns(grants.subscribe)?,
+        publish: patterns(grants.publish)?,
+        send: if grants.send.is_empty() {
+            vec![TargetPattern::Any]
+        } else {
+            grants
+                .send
+                .iter()
+                .map(|p| TargetPattern::parse(p).map_err(anyhow::Error::msg))
+                .collect::<Result<_, _>>()?
+        },
     };
     Ok(sign_hs256(secret, &claims)?)
 }

@@ -41,6 +41,14 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long an org with no connection keeps its actor warm.
 pub const DEFAULT_ORG_IDLE: Duration = Duration::from_secs(60);
+/// Long enough for an agent runtime to restart or a deploy to roll.
+pub const DEFAULT_SESSION_EXPIRY: Duration = Duration::from_secs(120);
+/// A browser watching a turn should not spin longer than this for an operator gone quiet.
+pub const DEFAULT_TURN_GRACE: Duration = Duration::from_secs(15);
+/// Frames kept for an absent operator: the same bound as a connection's queue.
+pub const DEFAULT_OPERATOR_BUFFER: usize = 1024;
+/// A long agent reply is tens of KiB; a megabyte is a runaway.
+pub const DEFAULT_MAX_TURN_BYTES: usize = 1 << 20;
 
 /// The environment variables `serve` reads (each also a flag).
 pub mod env {
@@ -83,7 +91,21 @@ pub struct FileConfig {
     #[serde(default)]
     pub shutdown: FileShutdown,
     #[serde(default)]
+    pub operators: FileOperators,
+    #[serde(default)]
     pub orgs: Vec<OrgConfig>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOperators {
+    /// Seconds a session lives without a socket.
+    pub session_expiry_secs: Option<u64>,
+    /// Seconds a live turn waits for its operator to come back.
+    pub turn_grace_secs: Option<u64>,
+    /// Frames buffered for an absent operator.
+    pub buffer: Option<usize>,
+    pub max_turn_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -268,6 +290,10 @@ impl Settings {
                 publish_burst,
                 replay_limit: history.max_messages.max(1),
                 org_idle: secs(None, l.org_idle_secs, DEFAULT_ORG_IDLE),
+                session_expiry: secs(None, file.operators.session_expiry_secs, DEFAULT_SESSION_EXPIRY),
+                turn_grace: secs(None, file.operators.turn_grace_secs, DEFAULT_TURN_GRACE),
+                operator_buffer: file.operators.buffer.unwrap_or(DEFAULT_OPERATOR_BUFFER),
+                max_turn_bytes: file.operators.max_turn_bytes.unwrap_or(DEFAULT_MAX_TURN_BYTES),
             },
             history,
             shutdown_grace: secs(

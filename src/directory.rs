@@ -6,9 +6,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::{Deserialize, Serialize};
-use switchboard_proto::OrgId;
+use switchboard_actors::RollupRule;
+use switchboard_proto::{ChannelPattern, OrgId};
 
 /// An org as the config file describes it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -24,6 +27,17 @@ pub struct OrgConfig {
     pub jwt_keys: Vec<JwtKeyConfig>,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    /// Token rollup windows for turns, by channel pattern (first match wins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollup: Vec<RollupConfig>,
+}
+
+/// `window_ms` of 0 sends every token as its own frame.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollupConfig {
+    pub channels: String,
+    pub window_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,13 +74,15 @@ pub enum Scope {
     Publish,
     /// Read any channel's history and presence.
     History,
-    /// Manage the org's users, keys and operator sessions.
+    /// Mint and list the org's operator sessions.
+    Operators,
+    /// Manage the org's users and keys.
     Admin,
 }
 
 impl Scope {
     pub fn all() -> Vec<Scope> {
-        vec![Scope::Publish, Scope::History, Scope::Admin]
+        vec![Scope::Publish, Scope::History, Scope::Operators, Scope::Admin]
     }
 }
 
@@ -89,6 +105,7 @@ pub struct OrgRecord {
     pub allowed_origins: Vec<String>,
     pub jwt_keys: Vec<VerifyKey>,
     pub api_keys: Vec<ApiKey>,
+    pub rollup: Arc<[RollupRule]>,
 }
 
 impl OrgRecord {
@@ -159,6 +176,17 @@ impl OrgRecord {
                 )),
             }
         }
+        let mut rollup = Vec::new();
+        for r in &c.rollup {
+            match ChannelPattern::new(&r.channels) {
+                Ok(channels) if r.window_ms <= 10_000 => rollup.push(RollupRule {
+                    channels,
+                    window: Duration::from_millis(r.window_ms),
+                }),
+                Ok(_) => errors.push(format!("{}: window_ms is at most 10000", at("rollup"))),
+                Err(e) => errors.push(format!("{}: {e}", at("rollup"))),
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -167,6 +195,7 @@ impl OrgRecord {
             allowed_origins: c.allowed_origins.clone(),
             jwt_keys,
             api_keys,
+            rollup: rollup.into(),
         })
     }
 }

@@ -25,6 +25,10 @@ use crate::ws::socket::Heartbeat;
 
 /// A client has this long to send its request headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// However late in the grace period, sockets get this long to close cleanly.
+const CLOSE_AT_LEAST: Duration = Duration::from_secs(1);
+/// How often a draining server checks whether live turns have ended.
+const TURN_DRAIN_POLL: Duration = Duration::from_millis(50);
 /// How often forgotten channels are swept from in-memory history.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -143,16 +147,35 @@ impl Server {
 
     async fn drain(self, cancel: CancellationToken, http: TaskTracker) {
         let grace = self.settings.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
         self.app.ready.store(false, Ordering::Release);
         drop(self.listener);
+        // Agent replies in flight get the grace period to finish before
+        // their watchers are sent away.
+        while self.app.services.live_turns() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(TURN_DRAIN_POLL).await;
+        }
+        if self.app.services.live_turns() > 0 {
+            tracing::warn!(
+                turns = self.app.services.live_turns(),
+                "turns still live at the end of the grace period"
+            );
+        }
+        // What is left of the grace period, and never less than a moment
+        // for close handshakes.
+        let left = || {
+            deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(CLOSE_AT_LEAST)
+        };
         cancel.cancel();
         self.app.tasks.close();
-        let _ = tokio::time::timeout(grace, self.app.tasks.wait()).await;
-        if !self.tree.close_connections(CloseReason::GoingAway, grace).await {
+        let _ = tokio::time::timeout(left(), self.app.tasks.wait()).await;
+        if !self.tree.close_connections(CloseReason::GoingAway, left()).await {
             tracing::warn!("some connections did not close within the grace period");
         }
         http.close();
-        if tokio::time::timeout(grace, http.wait()).await.is_err() {
+        if tokio::time::timeout(left(), http.wait()).await.is_err() {
             tracing::warn!("some HTTP requests did not finish within the grace period");
         }
         self.tree.stop().await;

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use serde_json::value::RawValue;
-use switchboard_proto::Epoch;
+use switchboard_proto::{Epoch, TurnId};
 
 use crate::hub::{ChannelKey, Offsetted};
 
@@ -25,16 +25,41 @@ pub enum BackplaneError {
     /// The backplane cannot be reached or refused the operation; retryable.
     #[error("backplane unavailable: {0}")]
     Unavailable(String),
+    /// A turn with this id is already live on the channel.
+    #[error("turn {0} is already live on this channel")]
+    TurnExists(TurnId),
+    /// No live turn with this id on the channel.
+    #[error("no live turn {0} on this channel")]
+    NoSuchTurn(TurnId),
+}
+
+/// What can be appended to a channel.
+#[derive(Clone, Copy, Debug)]
+pub enum Event<'a> {
+    /// A plain message with its JSON payload.
+    Message(&'a RawValue),
+    TurnStart(&'a TurnId),
+    /// Text appended to a live turn.
+    Token(&'a TurnId, &'a str),
+    TurnEnd(&'a TurnId),
+    /// The turn failed; `reason` is `operator` or `operator_gone`.
+    TurnError {
+        turn: &'a TurnId,
+        reason: &'a str,
+        message: Option<&'a str>,
+    },
 }
 
 /// Orders each channel's messages and brings them to every pod's hub.
 pub trait Backplane: Send + Sync + 'static {
-    /// Assigns the message its offset, stores it in history and delivers it
-    /// to the subscribers of every pod (this pod's through the hub).
+    /// Assigns the event its offset, stores it in history and delivers it
+    /// to the subscribers of every pod (this pod's through the hub). A
+    /// channel's history keeps a live turn as its text so far and a finished
+    /// one as a single message.
     fn publish<'a>(
         &'a self,
         key: &'a ChannelKey,
-        data: &'a RawValue,
+        event: Event<'a>,
     ) -> BoxFuture<'a, Result<Published, BackplaneError>>;
 
     /// Starts bringing `key`'s messages to this pod's hub. Called when the
@@ -55,7 +80,9 @@ pub struct HistoryRead {
     /// Whether every message after the requested `since` is still retained
     /// (always true when no `since` was asked for).
     pub complete: bool,
-    /// Messages after `since`, oldest first, at most the requested limit.
+    /// What came after `since`, in offset order, at most the requested limit:
+    /// messages, finished turns as one message each, and live turns as a
+    /// snapshot of their text so far.
     pub messages: Vec<Offsetted>,
     /// Whether more messages came after the last one returned.
     pub more: bool,

@@ -12,12 +12,15 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use switchboard_proto::client::Target;
 use switchboard_proto::{
-    Ack, ChannelName, ClientFrame, ConnId, ErrorCode, Grants, OrgId, PreparedFrame, Recover, RequestId,
+    Ack, ChannelName, ClientFrame, ConnId, ErrorCode, From, Grants, OrgId, PreparedFrame, Recover, RequestId,
     ServerFrame, Subject,
 };
 
+use crate::backplane::{BoxFuture, Event};
 use crate::hub::{ChannelKey, HubError};
+use crate::link::{FrameHandler, Supervised};
 use crate::org::OrgHandle;
+use crate::session::{Offline, SessionMsg};
 use crate::sink::Sink;
 use crate::telemetry;
 use crate::tree::Services;
@@ -64,10 +67,19 @@ impl ConnShared {
         }
         telemetry::subscriptions(-1.0);
     }
+}
 
-    /// Releases every subscription and the hold on the org. Runs once, when
-    /// the connection's task has ended.
-    pub(crate) fn release(&self) {
+impl Supervised for ConnShared {
+    fn id(&self) -> ConnId {
+        self.id
+    }
+
+    fn sink(&self) -> &Arc<dyn Sink> {
+        &self.sink
+    }
+
+    /// Releases every subscription and the hold on the org.
+    fn release(&self) {
         let channels = std::mem::take(&mut *self.subscriptions.lock());
         for channel in &channels {
             self.leave(channel);
@@ -167,7 +179,12 @@ impl Connection {
             ClientFrame::Subscribe { id, channel, recover } => self.subscribe(id, channel, recover).await,
             ClientFrame::Unsubscribe { id, channel } => self.unsubscribe(id, channel),
             ClientFrame::Publish { id, channel, data } => self.publish(id, channel, &data).await,
-            ClientFrame::Send { id, to, data } => self.send(id, to, &data),
+            ClientFrame::Send {
+                id,
+                to,
+                reply_to,
+                data,
+            } => self.send(id, to, reply_to, data).await,
             ClientFrame::Ping { id } => self.reply(ServerFrame::Pong { id }),
         }
     }
@@ -264,23 +281,24 @@ impl Connection {
             let same_epoch = r.epoch.is_none_or(|e| e == read.epoch);
             same_epoch && read.complete && !read.more
         });
-        let replay = if recovered == Some(true) {
+        // A recovery replays what was missed; a plain subscribe only the
+        // snapshots of turns in progress; a failed recovery nothing.
+        let replay = if recovered != Some(false) {
             read.messages.as_slice()
         } else {
             &[]
         };
-        // The live stream continues after the last replayed message; without
-        // a replay, after the channel's top.
-        let position = replay.last().map_or(read.top, |(o, _)| *o);
+        // The replay (when there is one) reaches the channel's top as of the
+        // read; the live stream continues after it.
         let ack = ServerFrame::Ack(Ack {
             channel: Some(channel.clone()),
-            offset: Some(position),
+            offset: Some(read.top),
             epoch: Some(read.epoch.clone()),
             recovered,
             ..Ack::new(id.clone())
         })
         .prepare();
-        services.hub.go_live(&key, self.shared.id, &ack, replay, position)
+        services.hub.go_live(&key, self.shared.id, &ack, replay, read.top)
     }
 
     fn unsubscribe(&mut self, id: RequestId, channel: ChannelName) {
@@ -318,7 +336,12 @@ impl Connection {
             );
         }
         let key = self.shared.key(&channel);
-        match self.services().backplane.publish(&key, data).await {
+        match self
+            .services()
+            .backplane
+            .publish(&key, Event::Message(data))
+            .await
+        {
             Ok(published) => self.reply(ServerFrame::Ack(Ack {
                 channel: Some(channel),
                 offset: Some(published.offset),
@@ -332,20 +355,81 @@ impl Connection {
         }
     }
 
-    fn send(&mut self, id: RequestId, to: Target, _data: &RawValue) {
+    async fn send(&mut self, id: RequestId, to: Target, reply_to: Option<ChannelName>, data: Box<RawValue>) {
+        if !self.grants.may_send(&to) {
+            return self.error(
+                Some(id),
+                ErrorCode::Forbidden,
+                format!("not allowed to send to {to}"),
+            );
+        }
+        if let Some(channel) = &reply_to
+            && !self.grants.may_subscribe(channel)
+        {
+            return self.error(
+                Some(id),
+                ErrorCode::Forbidden,
+                format!("reply_to {channel} must be a channel you may subscribe to"),
+            );
+        }
         if self.rate_limited() {
             return self.error(Some(id), ErrorCode::RateLimited, "send rate exceeded; slow down");
         }
-        // No operator session can exist on this pod yet, so no target is live.
-        self.error(
-            Some(id),
-            ErrorCode::NotFound,
-            format!("no live operator session for {to}"),
-        )
+        let not_found = |this: &Self, id| {
+            this.error(
+                Some(id),
+                ErrorCode::NotFound,
+                format!("no live operator session for {to}"),
+            )
+        };
+        let Some(session) = self.shared.org.resolve(&to).await else {
+            return not_found(self, id);
+        };
+        let frame = ServerFrame::Frame {
+            from: From {
+                conn: self.shared.id,
+                sub: self.subject.clone(),
+            },
+            reply_to,
+            data,
+        }
+        .prepare();
+        match ractor::call!(session, SessionMsg::FromClient, frame) {
+            Ok(Ok(())) => self.reply(ServerFrame::Ack(Ack::new(id))),
+            Ok(Err(Offline)) => self.error(
+                Some(id),
+                ErrorCode::Unavailable,
+                format!("{to} is offline and its buffer is full; retry later"),
+            ),
+            // It ended between the lookup and the call.
+            Err(_) => not_found(self, id),
+        }
     }
 
     /// Writes a frame built elsewhere (e.g. a close frame) in order.
     pub fn write(&self, frame: &PreparedFrame) {
         let _ = self.shared.sink.offer(frame);
+    }
+}
+
+impl FrameHandler for Connection {
+    fn on_text<'a>(&'a mut self, payload: &'a [u8]) -> BoxFuture<'a, ()> {
+        Box::pin(Connection::on_text(self, payload))
+    }
+
+    fn on_binary(&self) {
+        Connection::on_binary(self)
+    }
+
+    fn on_oversized(&self, len: u64, max: usize) {
+        Connection::on_oversized(self, len, max)
+    }
+
+    fn write(&self, frame: &PreparedFrame) {
+        Connection::write(self, frame)
+    }
+
+    fn supervised(&self) -> Arc<dyn Supervised> {
+        self.shared.clone()
     }
 }

@@ -19,7 +19,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use switchboard_proto::ConnId;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::ConnShared;
+use crate::link::Supervised;
 use crate::sink::CloseReason;
 use crate::telemetry;
 
@@ -27,8 +27,8 @@ use crate::telemetry;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 pub enum ConnectionsMsg {
-    /// A connection's task was spawned.
-    Started(Arc<ConnShared>),
+    /// A socket's task was spawned.
+    Started(Arc<dyn Supervised>),
     /// A connection's task ended; `true` if it panicked.
     Exited(ConnId, bool),
     /// Closes every connection; replies with the tracker to await their end.
@@ -38,7 +38,7 @@ pub enum ConnectionsMsg {
 }
 
 pub struct ConnectionsState {
-    live: HashMap<ConnId, Arc<ConnShared>>,
+    live: HashMap<ConnId, Arc<dyn Supervised>>,
     tracker: TaskTracker,
     closing: Option<CloseReason>,
 }
@@ -73,9 +73,9 @@ impl Actor for Connections {
             ConnectionsMsg::Started(shared) => {
                 if let Some(reason) = state.closing {
                     // Accepted just before draining began: close it too.
-                    shared.sink.close(reason);
+                    shared.sink().close(reason);
                 }
-                state.live.insert(shared.id, shared);
+                state.live.insert(shared.id(), shared);
                 gauge!(telemetry::CONNECTIONS).increment(1.0);
                 counter!(telemetry::CONNECTIONS_OPENED).increment(1);
             }
@@ -91,7 +91,7 @@ impl Actor for Connections {
             ConnectionsMsg::CloseAll(reason, reply) => {
                 state.closing = Some(reason);
                 for shared in state.live.values() {
-                    shared.sink.close(reason);
+                    shared.sink().close(reason);
                 }
                 state.tracker.close();
                 let _ = reply.send(state.tracker.clone());
@@ -101,7 +101,7 @@ impl Actor for Connections {
             }
             ConnectionsMsg::Heartbeat => {
                 for shared in state.live.values() {
-                    shared.sink.heartbeat();
+                    shared.sink().heartbeat();
                 }
             }
         }
@@ -113,16 +113,16 @@ impl Actor for Connections {
 /// org hold are released and the supervisor hears of it; a panic closes the
 /// socket with 1011 first.
 pub(crate) async fn supervised(
-    shared: Arc<ConnShared>,
+    shared: Arc<dyn Supervised>,
     task: impl std::future::Future<Output = ()>,
     supervisor: ActorRef<ConnectionsMsg>,
 ) {
     let panicked = AssertUnwindSafe(task).catch_unwind().await.is_err();
     if panicked {
-        shared.sink.abort(CloseReason::Internal);
+        shared.sink().abort(CloseReason::Internal);
     }
     shared.release();
     // The supervisor outlives its tasks except at shutdown, when there is
     // nobody left to tell.
-    let _ = supervisor.cast(ConnectionsMsg::Exited(shared.id, panicked));
+    let _ = supervisor.cast(ConnectionsMsg::Exited(shared.id(), panicked));
 }

@@ -4,11 +4,12 @@
 //!
 //! # Supervision tree
 //! ```text
-//! Root (tree.rs)                  stops the process if a supervisor fails
-//! ├── Orgs (orgs.rs)              starts, holds, idles out and restarts org actors
-//! │   └── OrgActor* (org.rs)      one per org with live work: its backplane attachments
-//! └── Connections (connections.rs) tracks connection tasks; a panic closes one socket
-//!     └── connection task*        one per WebSocket (src), logic in connection.rs
+//! Root (tree.rs)                    stops the process if a supervisor fails
+//! ├── Orgs (orgs.rs)                starts, holds, idles out and restarts org actors
+//! │   └── OrgActor* (org.rs)        one per org with live work: backplane attachments, role table
+//! │       └── OperatorSession*      one per sid (session.rs): survives its socket, owns its turns
+//! └── Connections (connections.rs)  tracks socket tasks; a panic closes one socket
+//!     └── socket task*              one per WebSocket (src): client (connection.rs) or operator (operator.rs)
 //! ```
 //!
 //! # Layout
@@ -16,7 +17,9 @@
 //! - [`sink`]: how the hub writes to a connection; [`sink::MemorySink`] for tests.
 //! - [`backplane`]: the `Backplane` and `History` capabilities.
 //! - [`memory`]: the in-process backplane with bounded in-memory history.
-//! - [`connection`]: one client's protocol logic (subscribe/resume, publish, ...).
+//! - [`connection`]: one client's protocol logic (subscribe/resume, publish, send).
+//! - [`session`], [`operator`]: operator sessions, their turns, their sockets.
+//! - [`link`]: what a socket task needs from the protocol behind it.
 //! - [`limits`], [`telemetry`]: settings the actors enforce, metric names.
 
 pub mod backplane;
@@ -24,17 +27,24 @@ pub mod connection;
 pub mod connections;
 pub mod hub;
 pub mod limits;
+pub mod link;
 pub mod memory;
+pub mod operator;
 pub mod org;
 pub mod orgs;
+pub mod session;
 pub mod sink;
 pub mod telemetry;
 pub mod tree;
 
-pub use backplane::{Backplane, BackplaneError, History, HistoryRead, Published};
+pub use backplane::{Backplane, BackplaneError, Event, History, HistoryRead, Published};
 pub use connection::{Connection, Identity};
 pub use hub::{ChannelKey, Hub};
 pub use limits::Limits;
+pub use link::{FrameHandler, Supervised};
 pub use memory::{HistoryLimits, InProcess};
+pub use operator::OperatorLink;
+pub use org::MintError;
+pub use session::{RollupRule, SessionInfo, SessionRecord};
 pub use sink::{CloseReason, MemorySink, Refused, Sink};
 pub use tree::{Services, Tree, TreeError};

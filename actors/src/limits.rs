@@ -17,6 +17,15 @@ pub struct Limits {
     pub replay_limit: usize,
     /// How long an org with no connection keeps its actor.
     pub org_idle: Duration,
+    /// How long an operator session lives without a socket.
+    pub session_expiry: Duration,
+    /// How long a live turn waits for its operator's socket to come back
+    /// before it is ended with `operator_gone`.
+    pub turn_grace: Duration,
+    /// Frames kept for an operator while its socket is away.
+    pub operator_buffer: usize,
+    /// Most text one turn may hold.
+    pub max_turn_bytes: usize,
 }
 
 impl Default for Limits {
@@ -28,6 +37,10 @@ impl Default for Limits {
             publish_burst: 100,
             replay_limit: 10_000,
             org_idle: Duration::from_secs(60),
+            session_expiry: Duration::from_secs(120),
+            turn_grace: Duration::from_secs(15),
+            operator_buffer: 1024,
+            max_turn_bytes: 1 << 20,
         }
     }
 }

@@ -3,18 +3,21 @@
 //! gets a fresh random epoch whenever it is created, so a client resuming
 //! across a restart (or after an idle channel was forgotten) learns its
 //! offsets no longer apply.
+//!
+//! Turns are compacted: a live turn is kept as its text so far (replayed as
+//! one `turn_snapshot`), a finished one as one `turn` message at the offset
+//! of its end. Tokens are not kept one by one.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use serde_json::value::RawValue;
-use switchboard_proto::{Epoch, PreparedFrame};
+use switchboard_proto::{Epoch, PreparedFrame, TurnEvent, TurnId, TurnStatus};
 
-use crate::backplane::{Backplane, BackplaneError, BoxFuture, History, HistoryRead, Published};
-use crate::hub::{ChannelKey, Hub};
+use crate::backplane::{Backplane, BackplaneError, BoxFuture, Event, History, HistoryRead, Published};
+use crate::hub::{ChannelKey, Hub, Offsetted};
 use crate::telemetry;
 
 /// How much history each channel keeps.
@@ -32,10 +35,20 @@ struct Entry {
     frame: PreparedFrame,
 }
 
+struct LiveTurn {
+    start_offset: u64,
+    last_offset: u64,
+    text: String,
+}
+
 struct Log {
     epoch: Epoch,
     top: u64,
     entries: VecDeque<Entry>,
+    /// The newest offset dropped by the count or age limit: a resume from
+    /// before it cannot be exact.
+    trimmed_through: u64,
+    turns: HashMap<TurnId, LiveTurn>,
     last_used: Instant,
     /// Set when the log was removed from the map; holders must look again.
     dead: bool,
@@ -47,6 +60,8 @@ impl Log {
             epoch: random_epoch(),
             top: 0,
             entries: VecDeque::new(),
+            trimmed_through: 0,
+            turns: HashMap::new(),
             last_used: now,
             dead: false,
         }
@@ -59,11 +74,26 @@ impl Log {
                 .front()
                 .is_some_and(|e| now.duration_since(e.at) > limits.max_age)
         {
-            self.entries.pop_front();
+            if let Some(e) = self.entries.pop_front() {
+                self.trimmed_through = self.trimmed_through.max(e.offset);
+            }
         }
     }
 
-    fn read(&self, since: Option<u64>, limit: usize) -> HistoryRead {
+    fn keep(&mut self, offset: u64, now: Instant, frame: PreparedFrame, limits: HistoryLimits) {
+        if limits.max_messages == 0 {
+            self.trimmed_through = offset;
+            return;
+        }
+        self.entries.push_back(Entry {
+            offset,
+            at: now,
+            frame,
+        });
+        self.trim(now, limits);
+    }
+
+    fn read(&self, key: &ChannelKey, since: Option<u64>, limit: usize) -> HistoryRead {
         let mut read = HistoryRead {
             epoch: self.epoch.clone(),
             top: self.top,
@@ -71,26 +101,123 @@ impl Log {
             messages: Vec::new(),
             more: false,
         };
-        let Some(since) = since else { return read };
-        if since >= self.top {
-            read.complete = since == self.top;
-            return read;
-        }
-        let first = self.entries.front().map(|e| e.offset);
-        if first.is_none_or(|first| first > since + 1) {
-            read.complete = false;
-            return read;
-        }
-        // Offsets here are contiguous, so the first wanted entry is found by arithmetic.
-        let skip = first.map_or(0, |first| (since + 1 - first) as usize);
-        let mut wanted = self.entries.iter().skip(skip);
-        read.messages = wanted
-            .by_ref()
-            .take(limit)
-            .map(|e| (e.offset, e.frame.clone()))
+        // Without `since`, a joiner gets only the live turns, so it can show
+        // a reply in progress without replaying history.
+        let (since, kept) = match since {
+            None => (0, self.entries.range(self.entries.len()..)),
+            Some(since) if since > self.top || since < self.trimmed_through => {
+                read.complete = false;
+                return read;
+            }
+            Some(since) => (
+                since,
+                self.entries
+                    .range(self.entries.partition_point(|e| e.offset <= since)..),
+            ),
+        };
+        let kept = kept.map(|e| (e.offset, e.frame.clone()));
+        let mut live: Vec<_> = self
+            .turns
+            .iter()
+            .filter(|(_, t)| t.last_offset > since)
+            .map(|(id, t)| {
+                let event = TurnEvent::Snapshot {
+                    turn: id,
+                    start_offset: t.start_offset,
+                    text: &t.text,
+                };
+                (
+                    t.last_offset,
+                    PreparedFrame::turn(&key.channel, t.last_offset, event),
+                )
+            })
             .collect();
-        read.more = wanted.next().is_some();
+        live.sort_by_key(|(offset, _)| *offset);
+        let mut all: Vec<Offsetted> = kept.chain(live).collect();
+        all.sort_by_key(|(offset, _)| *offset);
+        read.more = all.len() > limit;
+        all.truncate(limit);
+        read.messages = all;
         read
+    }
+
+    /// Appends `event` at the next offset; returns the offset and the frame
+    /// subscribers get.
+    fn append(
+        &mut self,
+        key: &ChannelKey,
+        event: Event<'_>,
+        now: Instant,
+        limits: HistoryLimits,
+    ) -> Result<(u64, PreparedFrame), BackplaneError> {
+        let offset = self.top + 1;
+        let channel = &key.channel;
+        let frame = match event {
+            Event::Message(data) => PreparedFrame::message(channel, offset, data),
+            Event::TurnStart(turn) => {
+                if self.turns.contains_key(turn) {
+                    return Err(BackplaneError::TurnExists(turn.clone()));
+                }
+                self.turns.insert(
+                    turn.clone(),
+                    LiveTurn {
+                        start_offset: offset,
+                        last_offset: offset,
+                        text: String::new(),
+                    },
+                );
+                PreparedFrame::turn(channel, offset, TurnEvent::Start { turn })
+            }
+            Event::Token(turn, text) => {
+                let live = self
+                    .turns
+                    .get_mut(turn)
+                    .ok_or_else(|| BackplaneError::NoSuchTurn(turn.clone()))?;
+                live.text.push_str(text);
+                live.last_offset = offset;
+                PreparedFrame::turn(channel, offset, TurnEvent::Token { turn, text })
+            }
+            Event::TurnEnd(turn) | Event::TurnError { turn, .. } => {
+                let live = self
+                    .turns
+                    .remove(turn)
+                    .ok_or_else(|| BackplaneError::NoSuchTurn(turn.clone()))?;
+                let (status, reason, message, live_event) = match event {
+                    Event::TurnError { reason, message, .. } => (
+                        TurnStatus::Error,
+                        Some(reason),
+                        message,
+                        TurnEvent::Error {
+                            turn,
+                            reason,
+                            message,
+                        },
+                    ),
+                    _ => (TurnStatus::Done, None, None, TurnEvent::End { turn }),
+                };
+                let finished = TurnEvent::Finished {
+                    turn,
+                    start_offset: live.start_offset,
+                    text: &live.text,
+                    status,
+                    reason,
+                    message,
+                };
+                self.keep(
+                    offset,
+                    now,
+                    PreparedFrame::turn(channel, offset, finished),
+                    limits,
+                );
+                self.top = offset;
+                return Ok((offset, PreparedFrame::turn(channel, offset, live_event)));
+            }
+        };
+        if matches!(event, Event::Message(_)) {
+            self.keep(offset, now, frame.clone(), limits);
+        }
+        self.top = offset;
+        Ok((offset, frame))
     }
 }
 
@@ -143,8 +270,8 @@ impl InProcess {
         }
     }
 
-    /// Forgets channels that retain nothing, have no local subscriber and
-    /// were not used for `max_age`. Returns how many were forgotten.
+    /// Forgets channels that retain nothing, have no live turn and no local
+    /// subscriber, and were not used for `max_age`. Returns how many.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
         let before = self.logs.len();
@@ -152,6 +279,7 @@ impl InProcess {
             let mut log = log.lock();
             log.trim(now, self.limits);
             let idle = log.entries.is_empty()
+                && log.turns.is_empty()
                 && now.duration_since(log.last_used) > self.limits.max_age
                 && !self.hub.has_subscribers(key);
             log.dead = idle;
@@ -170,32 +298,24 @@ impl Backplane for InProcess {
     fn publish<'a>(
         &'a self,
         key: &'a ChannelKey,
-        data: &'a RawValue,
+        event: Event<'a>,
     ) -> BoxFuture<'a, Result<Published, BackplaneError>> {
         let started = Instant::now();
         let published = self.with_log(key, |log, now| {
-            log.top += 1;
-            let offset = log.top;
-            let frame = PreparedFrame::message(&key.channel, offset, data);
+            let (offset, frame) = log.append(key, event, now, self.limits)?;
             // Delivering under the log's lock is what orders a channel's
             // messages for every subscriber, and what lets a resuming
             // subscriber read history without missing a message.
             self.hub.deliver(key, offset, &frame);
-            if self.limits.max_messages > 0 {
-                log.entries.push_back(Entry {
-                    offset,
-                    at: now,
-                    frame,
-                });
-                log.trim(now, self.limits);
-            }
-            Published {
+            Ok(Published {
                 offset,
                 epoch: log.epoch.clone(),
-            }
+            })
         });
-        telemetry::published(started);
-        Box::pin(std::future::ready(Ok(published)))
+        if published.is_ok() {
+            telemetry::published(started);
+        }
+        Box::pin(std::future::ready(published))
     }
 
     fn attach<'a>(&'a self, _key: &'a ChannelKey) -> BoxFuture<'a, Result<(), BackplaneError>> {
@@ -213,7 +333,7 @@ impl History for InProcess {
         since: Option<u64>,
         limit: usize,
     ) -> BoxFuture<'a, Result<HistoryRead, BackplaneError>> {
-        let read = self.with_log(key, |log, _| log.read(since, limit));
+        let read = self.with_log(key, |log, _| log.read(key, since, limit));
         Box::pin(std::future::ready(Ok(read)))
     }
 }
@@ -221,7 +341,8 @@ impl History for InProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_proto::{ChannelName, OrgId};
+    use serde_json::value::RawValue;
+    use switchboard_proto::{ChannelName, OrgId, ServerFrame};
 
     fn key(ch: &str) -> ChannelKey {
         ChannelKey::new(OrgId::new("o").unwrap(), ChannelName::new(ch).unwrap())
@@ -237,16 +358,17 @@ mod tests {
         )
     }
 
-    fn data(n: u64) -> Box<RawValue> {
-        RawValue::from_string(n.to_string()).unwrap()
-    }
-
     fn block_on<T>(f: BoxFuture<'_, T>) -> T {
         futures_util::FutureExt::now_or_never(f).expect("in-process futures are ready")
     }
 
     fn publish(bp: &InProcess, k: &ChannelKey, n: u64) -> Published {
-        block_on(bp.publish(k, &data(n))).unwrap()
+        let data = RawValue::from_string(n.to_string()).unwrap();
+        block_on(bp.publish(k, Event::Message(&data))).unwrap()
+    }
+
+    fn event(bp: &InProcess, k: &ChannelKey, e: Event<'_>) -> Result<Published, BackplaneError> {
+        block_on(bp.publish(k, e))
     }
 
     fn read(bp: &InProcess, k: &ChannelKey, since: Option<u64>, limit: usize) -> HistoryRead {
@@ -255,6 +377,13 @@ mod tests {
 
     fn read_offsets(r: &HistoryRead) -> Vec<u64> {
         r.messages.iter().map(|(o, _)| *o).collect()
+    }
+
+    fn frames(r: &HistoryRead) -> Vec<ServerFrame> {
+        r.messages
+            .iter()
+            .map(|(_, f)| ServerFrame::decode(&f.payload()).unwrap())
+            .collect()
     }
 
     #[test]
@@ -290,6 +419,21 @@ mod tests {
         );
         let r = read(&bp, &k, None, 100);
         assert!(r.complete && r.messages.is_empty());
+    }
+
+    #[test]
+    fn joiners_without_since_get_live_turns_only() {
+        let bp = backplane(10, Duration::from_secs(60));
+        let k = key("c");
+        let t = TurnId::new("t").unwrap();
+        publish(&bp, &k, 1);
+        event(&bp, &k, Event::TurnStart(&t)).unwrap();
+        event(&bp, &k, Event::Token(&t, "abc")).unwrap();
+        let r = read(&bp, &k, None, 100);
+        assert_eq!((read_offsets(&r), r.top), (vec![3], 3));
+        assert!(
+            matches!(&frames(&r)[0], ServerFrame::TurnSnapshot { text_so_far, .. } if text_so_far == "abc")
+        );
     }
 
     #[test]
@@ -337,5 +481,98 @@ mod tests {
         publish(&bp, &k, 2);
         assert!(!read(&bp, &k, Some(1), 100).complete);
         assert!(read(&bp, &k, Some(2), 100).complete);
+    }
+
+    #[test]
+    fn live_turns_replay_as_one_snapshot_and_finished_ones_as_one_message() {
+        let bp = backplane(100, Duration::from_secs(60));
+        let k = key("turns.c1");
+        let t = TurnId::new("t1").unwrap();
+        publish(&bp, &k, 1); // offset 1
+        assert_eq!(event(&bp, &k, Event::TurnStart(&t)).unwrap().offset, 2);
+        assert!(matches!(
+            event(&bp, &k, Event::TurnStart(&t)),
+            Err(BackplaneError::TurnExists(_))
+        ));
+        for word in ["Hel", "lo", " there"] {
+            event(&bp, &k, Event::Token(&t, word)).unwrap(); // 3, 4, 5
+        }
+        publish(&bp, &k, 6); // a message in the middle of the turn
+        event(&bp, &k, Event::Token(&t, "!")).unwrap(); // 7
+
+        // From the start: message 1, message 6, then the snapshot at 7.
+        let r = read(&bp, &k, Some(0), 100);
+        assert!(r.complete);
+        assert_eq!(read_offsets(&r), vec![1, 6, 7]);
+        match &frames(&r)[2] {
+            ServerFrame::TurnSnapshot {
+                turn,
+                start_offset,
+                text_so_far,
+                offset,
+                ..
+            } => {
+                assert_eq!(
+                    (turn.as_str(), *start_offset, text_so_far.as_str(), *offset),
+                    ("t1", 2, "Hello there!", 7)
+                );
+            }
+            other => panic!("{}", other.to_json()),
+        }
+        // From inside the turn: still one snapshot; from after its last token: none.
+        assert_eq!(read_offsets(&read(&bp, &k, Some(4), 100)), vec![6, 7]);
+        assert!(read(&bp, &k, Some(7), 100).messages.is_empty());
+
+        assert_eq!(event(&bp, &k, Event::TurnEnd(&t)).unwrap().offset, 8);
+        assert!(matches!(
+            event(&bp, &k, Event::Token(&t, "late")),
+            Err(BackplaneError::NoSuchTurn(_))
+        ));
+        let r = read(&bp, &k, Some(3), 100);
+        assert_eq!(read_offsets(&r), vec![6, 8]);
+        match &frames(&r)[1] {
+            ServerFrame::Turn {
+                text,
+                status,
+                start_offset,
+                ..
+            } => {
+                assert_eq!(
+                    (text.as_str(), *status, *start_offset),
+                    ("Hello there!", TurnStatus::Done, 2)
+                );
+            }
+            other => panic!("{}", other.to_json()),
+        }
+    }
+
+    #[test]
+    fn failed_turns_keep_their_reason() {
+        let bp = backplane(100, Duration::from_secs(60));
+        let k = key("c");
+        let t = TurnId::new("t").unwrap();
+        event(&bp, &k, Event::TurnStart(&t)).unwrap();
+        event(&bp, &k, Event::Token(&t, "par")).unwrap();
+        event(
+            &bp,
+            &k,
+            Event::TurnError {
+                turn: &t,
+                reason: "operator_gone",
+                message: None,
+            },
+        )
+        .unwrap();
+        match &frames(&read(&bp, &k, Some(0), 10))[0] {
+            ServerFrame::Turn {
+                text, status, reason, ..
+            } => {
+                assert_eq!(
+                    (text.as_str(), *status, reason.as_deref()),
+                    ("par", TurnStatus::Error, Some("operator_gone"))
+                );
+            }
+            other => panic!("{}", other.to_json()),
+        }
     }
 }

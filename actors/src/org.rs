@@ -1,18 +1,22 @@
 //! `OrgActor`: one per org with live work on this pod. It owns the org's
-//! attachment to the backplane: which channels this pod receives, attached on
-//! a channel's first local subscriber and detached after its last one left.
-//! After a restart it rebuilds that set from the hub, the source of truth for
-//! who is subscribed here.
+//! attachment to the backplane (which channels this pod receives: attached on
+//! a channel's first local subscriber, detached after its last one left) and
+//! the org's operator sessions with their role table: claiming roles is one
+//! step in this mailbox, so of concurrent mints for a role exactly one wins.
+//! After a restart it rebuilds attachments from the hub and sessions from
+//! the session store.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use metrics::gauge;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use switchboard_proto::{ChannelName, OrgId};
+use metrics::{counter, gauge};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use switchboard_proto::{ChannelName, OrgId, RoleName, Sid, Target};
 
 use crate::backplane::Backplane;
 use crate::hub::{ChannelKey, Hub};
+use crate::orgs::OrgsMsg;
+use crate::session::{OperatorSession, SessionArgs, SessionLimits, SessionMsg, SessionRecord, SessionStore};
 use crate::telemetry;
 
 pub enum OrgMsg {
@@ -20,17 +24,40 @@ pub enum OrgMsg {
     Attach(ChannelName, RpcReplyPort<Result<(), String>>),
     /// A channel may have lost its last local subscriber: detach it if so.
     Reconcile(ChannelName),
+    /// Creates a session if none of its roles is held by a live session.
+    Mint(SessionRecord, RpcReplyPort<Result<(), MintError>>),
+    /// The session a role or sid names.
+    Resolve(Target, RpcReplyPort<Option<ActorRef<SessionMsg>>>),
+    /// Ends a session now, releasing its roles; false if there was none.
+    EndSession(Sid, RpcReplyPort<bool>),
+    /// Every session of the org.
+    Sessions(RpcReplyPort<Vec<ActorRef<SessionMsg>>>),
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MintError {
+    #[error("roles already held by a live session: {}", .0.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "))]
+    Conflict(Vec<RoleName>),
+    #[error("session failed to start: {0}")]
+    Failed(String),
 }
 
 pub struct OrgArgs {
     pub org: OrgId,
     pub hub: Arc<Hub>,
     pub backplane: Arc<dyn Backplane>,
+    pub sessions: Arc<SessionStore>,
+    pub session_limits: SessionLimits,
+    /// To give back a session's hold on the org when it ends.
+    pub orgs: ActorRef<OrgsMsg>,
 }
 
 pub struct OrgState {
     args: OrgArgs,
     attached: HashSet<ChannelName>,
+    roles: HashMap<RoleName, Sid>,
+    sessions: HashMap<Sid, ActorRef<SessionMsg>>,
+    by_actor: HashMap<ActorId, Sid>,
 }
 
 impl OrgState {
@@ -59,6 +86,36 @@ impl OrgState {
             gauge!(telemetry::ATTACHED_CHANNELS).decrement(1.0);
         }
     }
+
+    async fn spawn_session(&mut self, me: &ActorRef<OrgMsg>, record: SessionRecord) -> Result<(), String> {
+        let sid = record.sid.clone();
+        let args = SessionArgs {
+            record,
+            backplane: Arc::clone(&self.args.backplane),
+            store: Arc::clone(&self.args.sessions),
+            limits: self.args.session_limits,
+        };
+        let (actor, _) = Actor::spawn_linked(None, OperatorSession, args, me.get_cell())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.by_actor.insert(actor.get_id(), sid.clone());
+        self.sessions.insert(sid, actor);
+        Ok(())
+    }
+
+    /// Forgets a session: its roles, its record, its hold on the org (once).
+    /// Returns its actor if it was running.
+    fn forget_session(&mut self, sid: &Sid) -> Option<ActorRef<SessionMsg>> {
+        let actor = self.sessions.remove(sid);
+        if let Some(a) = &actor {
+            self.by_actor.remove(&a.get_id());
+        }
+        self.roles.retain(|_, holder| holder != sid);
+        if self.args.sessions.remove(sid) {
+            let _ = self.args.orgs.cast(OrgsMsg::Release(self.args.org.clone()));
+        }
+        actor
+    }
 }
 
 pub struct OrgActor;
@@ -68,14 +125,23 @@ impl Actor for OrgActor {
     type State = OrgState;
     type Arguments = OrgArgs;
 
-    async fn pre_start(&self, _me: ActorRef<OrgMsg>, args: OrgArgs) -> Result<OrgState, ActorProcessingErr> {
+    async fn pre_start(&self, me: ActorRef<OrgMsg>, args: OrgArgs) -> Result<OrgState, ActorProcessingErr> {
         let mut state = OrgState {
             attached: HashSet::new(),
+            roles: HashMap::new(),
+            sessions: HashMap::new(),
+            by_actor: HashMap::new(),
             args,
         };
-        // Empty on first start; after a restart, what the failed actor had attached.
+        // Empty on first start; after a restart, what the failed actor held.
         for channel in state.args.hub.channels_of(&state.args.org) {
             state.attach(&channel).await?;
+        }
+        for record in state.args.sessions.of_org(&state.args.org) {
+            for role in &record.roles {
+                state.roles.insert(role.clone(), record.sid.clone());
+            }
+            state.spawn_session(&me, record).await?;
         }
         gauge!(telemetry::ORG_ACTORS).increment(1.0);
         Ok(state)
@@ -92,7 +158,7 @@ impl Actor for OrgActor {
 
     async fn handle(
         &self,
-        _me: ActorRef<OrgMsg>,
+        me: ActorRef<OrgMsg>,
         msg: OrgMsg,
         state: &mut OrgState,
     ) -> Result<(), ActorProcessingErr> {
@@ -107,6 +173,86 @@ impl Actor for OrgActor {
                     state.detach(&channel);
                 }
             }
+            OrgMsg::Mint(record, reply) => {
+                let taken: Vec<RoleName> = record
+                    .roles
+                    .iter()
+                    .filter(|r| state.roles.contains_key(*r))
+                    .cloned()
+                    .collect();
+                if !taken.is_empty() {
+                    let _ = reply.send(Err(MintError::Conflict(taken)));
+                    return Ok(());
+                }
+                let sid = record.sid.clone();
+                let roles = record.roles.clone();
+                state.args.sessions.insert(record.clone());
+                let result = match state.spawn_session(&me, record).await {
+                    Ok(()) => {
+                        for role in roles {
+                            state.roles.insert(role, sid.clone());
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Not a session yet, so no hold of its own to give back.
+                        state.args.sessions.remove(&sid);
+                        Err(MintError::Failed(e))
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            OrgMsg::Resolve(target, reply) => {
+                let sid = match &target {
+                    Target::Role(role) => state.roles.get(role),
+                    Target::Op(sid) => Some(sid),
+                };
+                let _ = reply.send(sid.and_then(|s| state.sessions.get(s)).cloned());
+            }
+            OrgMsg::EndSession(sid, reply) => {
+                let existed = state.args.sessions.get(&sid).is_some();
+                if let Some(actor) = state.forget_session(&sid) {
+                    actor.stop(Some("deleted".into()));
+                }
+                let _ = reply.send(existed);
+            }
+            OrgMsg::Sessions(reply) => {
+                let _ = reply.send(state.sessions.values().cloned().collect());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<OrgMsg>,
+        event: SupervisionEvent,
+        state: &mut OrgState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                // Expired by itself (deleted sessions were forgotten already).
+                if let Some(sid) = state.by_actor.get(&cell.get_id()).cloned() {
+                    state.forget_session(&sid);
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let Some(sid) = state.by_actor.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                state.sessions.remove(&sid);
+                counter!(telemetry::SESSION_RESTARTS).increment(1);
+                tracing::error!(%sid, error = %err, "operator session failed; restarting it");
+                let restarted = match state.args.sessions.get(&sid) {
+                    Some(record) => state.spawn_session(&me, record).await,
+                    None => Err("its record is gone".into()),
+                };
+                if let Err(e) = restarted {
+                    tracing::error!(%sid, error = %e, "operator session restart failed; ending it");
+                    state.forget_session(&sid);
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -116,12 +262,12 @@ impl Actor for OrgActor {
 /// restarted: on a failed call it looks the current actor up again.
 pub struct OrgHandle {
     org: OrgId,
-    orgs: ActorRef<crate::orgs::OrgsMsg>,
+    orgs: ActorRef<OrgsMsg>,
     current: parking_lot::Mutex<ActorRef<OrgMsg>>,
 }
 
 impl OrgHandle {
-    pub(crate) fn new(org: OrgId, orgs: ActorRef<crate::orgs::OrgsMsg>, actor: ActorRef<OrgMsg>) -> Self {
+    pub(crate) fn new(org: OrgId, orgs: ActorRef<OrgsMsg>, actor: ActorRef<OrgMsg>) -> Self {
         Self {
             org,
             orgs,
@@ -133,17 +279,30 @@ impl OrgHandle {
         &self.org
     }
 
-    /// Attaches `channel` to the backplane (idempotent).
-    pub async fn attach(&self, channel: &ChannelName) -> Result<(), String> {
+    /// Asks the org actor, looking it up again (a few times) if it was restarted.
+    async fn ask<T: Send + 'static>(&self, make: impl Fn(RpcReplyPort<T>) -> OrgMsg) -> Result<T, String> {
         const ATTEMPTS: usize = 3;
         for _ in 0..ATTEMPTS {
             let actor = self.current.lock().clone();
-            match ractor::call!(actor, OrgMsg::Attach, channel.clone()) {
-                Ok(result) => return result,
+            match ractor::call!(actor, &make) {
+                Ok(answer) => return Ok(answer),
                 Err(_) => self.refresh().await,
             }
         }
         Err(format!("org actor for {} is unavailable", self.org))
+    }
+
+    /// Attaches `channel` to the backplane (idempotent).
+    pub async fn attach(&self, channel: &ChannelName) -> Result<(), String> {
+        self.ask(|port| OrgMsg::Attach(channel.clone(), port)).await?
+    }
+
+    /// The live session a role or sid names.
+    pub async fn resolve(&self, target: &Target) -> Option<ActorRef<SessionMsg>> {
+        self.ask(|port| OrgMsg::Resolve(target.clone(), port))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Asks the org to detach `channel` if nobody here subscribes to it any more.
@@ -155,7 +314,7 @@ impl OrgHandle {
     async fn refresh(&self) {
         // The supervisor may not have processed the failure yet; give it a moment.
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        if let Ok(Some(actor)) = ractor::call!(self.orgs, crate::orgs::OrgsMsg::Lookup, self.org.clone()) {
+        if let Ok(Some(actor)) = ractor::call!(self.orgs, OrgsMsg::Lookup, self.org.clone()) {
             *self.current.lock() = actor;
         }
     }

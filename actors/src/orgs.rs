@@ -15,6 +15,7 @@ use switchboard_proto::OrgId;
 use crate::backplane::Backplane;
 use crate::hub::Hub;
 use crate::org::{OrgActor, OrgArgs, OrgMsg};
+use crate::session::{SessionLimits, SessionStore};
 use crate::telemetry;
 
 pub enum OrgsMsg {
@@ -32,6 +33,8 @@ pub enum OrgsMsg {
 pub struct OrgsArgs {
     pub hub: Arc<Hub>,
     pub backplane: Arc<dyn Backplane>,
+    pub sessions: Arc<SessionStore>,
+    pub session_limits: SessionLimits,
     pub idle: Duration,
 }
 
@@ -54,6 +57,9 @@ impl OrgsState {
             org: org.clone(),
             hub: Arc::clone(&self.args.hub),
             backplane: Arc::clone(&self.args.backplane),
+            sessions: Arc::clone(&self.args.sessions),
+            session_limits: self.args.session_limits,
+            orgs: me.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, OrgActor, args, me.get_cell())
             .await

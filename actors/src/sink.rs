@@ -32,8 +32,10 @@ pub enum CloseReason {
     Protocol,
     /// The client asked to close.
     Normal,
-    /// Another socket took over (operator sessions) or the resource was deleted.
+    /// Another socket took over this operator session.
     Replaced,
+    /// The operator session was deleted or expired.
+    SessionEnded,
     /// Nothing was received for too long (not even a pong).
     IdleTimeout,
     /// The peer vanished (reset, broken pipe): no close frame can be sent.
@@ -48,7 +50,9 @@ impl CloseReason {
             CloseReason::Internal => close::INTERNAL_ERROR,
             CloseReason::Protocol => close::PROTOCOL_ERROR,
             CloseReason::Normal => close::NORMAL,
-            CloseReason::Replaced | CloseReason::IdleTimeout => close::POLICY_VIOLATION,
+            CloseReason::IdleTimeout => close::POLICY_VIOLATION,
+            CloseReason::Replaced => close::REPLACED,
+            CloseReason::SessionEnded => close::SESSION_ENDED,
             CloseReason::PeerGone => close::ABNORMAL,
         }
     }
@@ -60,7 +64,8 @@ impl CloseReason {
             CloseReason::Internal => "INTERNAL_ERROR",
             CloseReason::Protocol => "protocol error",
             CloseReason::Normal => "",
-            CloseReason::Replaced => "replaced by another connection",
+            CloseReason::Replaced => "replaced by another socket for this session",
+            CloseReason::SessionEnded => "session ended",
             CloseReason::IdleTimeout => "idle timeout",
             CloseReason::PeerGone => "",
         }

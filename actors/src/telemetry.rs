@@ -17,6 +17,15 @@ pub const CLIENT_ERRORS: &str = "switchboard_client_errors_total";
 pub const ORG_ACTORS: &str = "switchboard_org_actors";
 pub const ORG_RESTARTS: &str = "switchboard_org_actor_restarts_total";
 pub const ATTACHED_CHANNELS: &str = "switchboard_attached_channels";
+pub const SESSIONS: &str = "switchboard_operator_sessions";
+pub const SESSIONS_CONNECTED: &str = "switchboard_operator_sessions_connected";
+pub const SESSION_RESTARTS: &str = "switchboard_operator_session_restarts_total";
+pub const FRAMES_ROUTED: &str = "switchboard_frames_routed_total";
+pub const FRAMES_REFUSED: &str = "switchboard_frames_refused_total";
+pub const TURNS_STARTED: &str = "switchboard_turns_started_total";
+pub const TURNS_FINISHED: &str = "switchboard_turns_finished_total";
+pub const TOKENS: &str = "switchboard_tokens_total";
+pub const ROLLUP_SAVED: &str = "switchboard_rollup_frames_saved_total";
 
 /// Registers descriptions so `/metrics` documents itself.
 pub fn describe() {
@@ -45,6 +54,27 @@ pub fn describe() {
     describe_gauge!(ORG_ACTORS, "Org actors running");
     describe_counter!(ORG_RESTARTS, "Org actors restarted after a failure");
     describe_gauge!(ATTACHED_CHANNELS, "Channels this pod receives from the backplane");
+    describe_gauge!(SESSIONS, "Operator sessions alive on this pod");
+    describe_gauge!(SESSIONS_CONNECTED, "Operator sessions with a socket attached");
+    describe_counter!(SESSION_RESTARTS, "Operator sessions restarted after a failure");
+    describe_counter!(
+        FRAMES_ROUTED,
+        "Client frames delivered or buffered for an operator"
+    );
+    describe_counter!(
+        FRAMES_REFUSED,
+        "Client frames refused: the operator was away and its buffer full"
+    );
+    describe_counter!(TURNS_STARTED, "Turns started");
+    describe_counter!(
+        TURNS_FINISHED,
+        "Turns ended, by status (done, error, operator_gone)"
+    );
+    describe_counter!(TOKENS, "Tokens streamed by operators");
+    describe_counter!(
+        ROLLUP_SAVED,
+        "Token frames saved by rollup (tokens merged into an earlier frame)"
+    );
 }
 
 pub(crate) fn delivered(n: usize, frame_len: usize) {

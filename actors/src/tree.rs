@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use switchboard_proto::{ConnId, OrgId};
+use switchboard_proto::{ConnId, OrgId, Sid, Target};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
@@ -22,8 +22,12 @@ use crate::connection::{Connection, Identity};
 use crate::connections::{Connections, ConnectionsMsg, supervised};
 use crate::hub::Hub;
 use crate::limits::Limits;
+use crate::link::FrameHandler;
+use crate::operator::{OperatorLink, OperatorShared};
 use crate::org::OrgHandle;
+use crate::org::{MintError, OrgMsg};
 use crate::orgs::{Orgs, OrgsArgs, OrgsMsg};
+use crate::session::{SessionInfo, SessionLimits, SessionMsg, SessionRecord, SessionStore};
 use crate::sink::{CloseReason, Sink};
 
 /// What every request path needs, built once.
@@ -36,6 +40,7 @@ pub struct Services {
     connections: ActorRef<ConnectionsMsg>,
     /// Every connection's task, so draining can wait for them.
     tracker: TaskTracker,
+    sessions: Arc<SessionStore>,
     next_conn: AtomicU64,
 }
 
@@ -59,29 +64,130 @@ impl Services {
             .map_err(|_| TreeError::Stopped)?
             .map_err(TreeError::Spawn)?;
         let org = OrgHandle::new(identity.org.clone(), self.orgs.clone(), actor);
-        let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        Ok(Connection::new(id, identity, sink, org, Arc::clone(self)))
+        Ok(Connection::new(
+            self.next_conn_id(),
+            identity,
+            sink,
+            org,
+            Arc::clone(self),
+        ))
     }
 
-    /// Runs a connection's task under the `Connections` supervisor.
-    pub fn run<F, Fut>(&self, conn: Connection, task: F)
+    /// Runs a socket's task (client or operator) under the `Connections` supervisor.
+    pub fn run<H, F, Fut>(&self, handler: H, task: F)
     where
-        F: FnOnce(Connection) -> Fut,
+        H: FrameHandler,
+        F: FnOnce(H) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let shared = Arc::clone(conn.shared());
+        let shared = handler.supervised();
         // Registered before the task can end, so `Exited` always follows `Started`.
         if self
             .connections
             .cast(ConnectionsMsg::Started(Arc::clone(&shared)))
             .is_err()
         {
-            shared.sink.abort(CloseReason::GoingAway);
+            shared.sink().abort(CloseReason::GoingAway);
             shared.release();
             return;
         }
         self.tracker
-            .spawn(supervised(shared, task(conn), self.connections.clone()));
+            .spawn(supervised(shared, task(handler), self.connections.clone()));
+    }
+
+    /// A fresh id for a socket on this pod.
+    pub fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Turns streaming on this pod now (draining waits for them).
+    pub fn live_turns(&self) -> usize {
+        self.sessions.live_turns()
+    }
+
+    /// The record of a live session (for authenticating its bearer token).
+    pub fn session_record(&self, sid: &Sid) -> Option<SessionRecord> {
+        self.sessions.get(sid)
+    }
+
+    /// The org's actor if it runs, without taking a hold on it.
+    async fn org_actor(&self, org: &OrgId) -> Option<ActorRef<OrgMsg>> {
+        ractor::call!(self.orgs, OrgsMsg::Lookup, org.clone())
+            .ok()
+            .flatten()
+    }
+
+    async fn session_actor(&self, sid: &Sid) -> Option<ActorRef<SessionMsg>> {
+        let record = self.sessions.get(sid)?;
+        let org = self.org_actor(&record.org).await?;
+        ractor::call!(org, OrgMsg::Resolve, Target::Op(sid.clone()))
+            .ok()
+            .flatten()
+    }
+
+    /// Creates an operator session: its roles are claimed atomically within
+    /// the org, and it holds the org until it ends.
+    pub async fn mint_session(&self, record: SessionRecord) -> Result<(), MintError> {
+        let org = record.org.clone();
+        let actor = ractor::call!(self.orgs, OrgsMsg::Checkout, org.clone())
+            .map_err(|_| MintError::Failed("shutting down".into()))?
+            .map_err(MintError::Failed)?;
+        let minted = ractor::call!(actor, OrgMsg::Mint, record)
+            .map_err(|_| MintError::Failed("org actor unavailable".into()))
+            .and_then(|r| r);
+        if minted.is_err() {
+            self.release_org(&org);
+        }
+        minted
+    }
+
+    pub async fn session_info(&self, sid: &Sid) -> Option<SessionInfo> {
+        let session = self.session_actor(sid).await?;
+        ractor::call!(session, SessionMsg::Info).ok()
+    }
+
+    /// Ends a session now: its socket closes, its roles are free at once.
+    pub async fn end_session(&self, sid: &Sid) -> bool {
+        let Some(record) = self.sessions.get(sid) else {
+            return false;
+        };
+        let Some(org) = self.org_actor(&record.org).await else {
+            return false;
+        };
+        ractor::call!(org, OrgMsg::EndSession, sid.clone()).unwrap_or(false)
+    }
+
+    /// The org's sessions, for its online list.
+    pub async fn org_sessions(&self, org: &OrgId) -> Vec<SessionInfo> {
+        let Some(actor) = self.org_actor(org).await else {
+            return Vec::new();
+        };
+        let sessions = ractor::call!(actor, OrgMsg::Sessions).unwrap_or_default();
+        let mut infos = Vec::with_capacity(sessions.len());
+        for session in sessions {
+            if let Ok(info) = ractor::call!(session, SessionMsg::Info) {
+                infos.push(info);
+            }
+        }
+        infos.sort_by(|a, b| a.sid.cmp(&b.sid));
+        infos
+    }
+
+    /// Attaches an operator's socket to its session; buffered frames are
+    /// written to it first. `None` if the session is gone.
+    pub async fn attach_operator(&self, sid: &Sid, sink: Arc<dyn Sink>) -> Option<OperatorLink> {
+        let session = self.session_actor(sid).await?;
+        let generation = ractor::call!(session, SessionMsg::Attach, Arc::clone(&sink)).ok()?;
+        let shared = OperatorShared {
+            id: self.next_conn_id(),
+            sid: sid.clone(),
+            sink,
+            session,
+            generation,
+        };
+        Some(OperatorLink {
+            shared: Arc::new(shared),
+        })
     }
 
     pub(crate) fn release_org(&self, org: &OrgId) {
@@ -106,6 +212,8 @@ pub enum RootMsg {
 struct RootArgs {
     hub: Arc<Hub>,
     backplane: Arc<dyn Backplane>,
+    sessions: Arc<SessionStore>,
+    session_limits: SessionLimits,
     org_idle: Duration,
     tracker: TaskTracker,
 }
@@ -130,6 +238,8 @@ impl Actor for Root {
         let orgs_args = OrgsArgs {
             hub: args.hub,
             backplane: args.backplane,
+            sessions: args.sessions,
+            session_limits: args.session_limits,
             idle: args.org_idle,
         };
         let (orgs, _) = Actor::spawn_linked(None, Orgs, orgs_args, me.get_cell()).await?;
@@ -202,9 +312,17 @@ impl Tree {
         limits: Limits,
     ) -> Result<Tree, TreeError> {
         let tracker = TaskTracker::new();
+        let sessions = Arc::new(SessionStore::default());
         let args = RootArgs {
             hub: Arc::clone(&hub),
             backplane: Arc::clone(&backplane),
+            sessions: Arc::clone(&sessions),
+            session_limits: SessionLimits {
+                expiry: limits.session_expiry,
+                turn_grace: limits.turn_grace,
+                buffer: limits.operator_buffer,
+                max_turn_bytes: limits.max_turn_bytes,
+            },
             org_idle: limits.org_idle,
             tracker: tracker.clone(),
         };
@@ -220,6 +338,7 @@ impl Tree {
             orgs,
             connections,
             tracker,
+            sessions,
             next_conn: AtomicU64::new(1),
         });
         Ok(Tree {

@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use serde_json::value::RawValue;
 use switchboard_actors::backplane::BoxFuture;
 use switchboard_actors::{
-    Backplane, BackplaneError, ChannelKey, CloseReason, History, HistoryLimits, HistoryRead, Hub, Identity,
-    InProcess, Limits, MemorySink, Published, Services, Tree,
+    Backplane, BackplaneError, ChannelKey, CloseReason, Event, History, HistoryLimits, HistoryRead, Hub,
+    Identity, InProcess, Limits, MemorySink, Published, Services, Tree,
 };
 use switchboard_proto::{ChannelPattern, ErrorCode, Grants, OrgId, ServerFrame, Subject};
 use tokio::sync::mpsc;
@@ -30,10 +29,10 @@ impl Backplane for Faulty {
     fn publish<'a>(
         &'a self,
         key: &'a ChannelKey,
-        data: &'a RawValue,
+        event: Event<'a>,
     ) -> BoxFuture<'a, Result<Published, BackplaneError>> {
         assert_ne!(key.channel.as_str(), "panic-publish", "injected publish fault");
-        self.inner.publish(key, data)
+        self.inner.publish(key, event)
     }
 
     fn attach<'a>(&'a self, key: &'a ChannelKey) -> BoxFuture<'a, Result<(), BackplaneError>> {
@@ -88,6 +87,7 @@ impl Client {
             grants: Grants {
                 subscribe: vec![ChannelPattern::new(">").unwrap()],
                 publish: vec![ChannelPattern::new(">").unwrap()],
+                send: vec![switchboard_proto::TargetPattern::Any],
             },
         };
         let conn = services.open(identity, sink.clone()).await.unwrap();

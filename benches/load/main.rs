@@ -165,6 +165,11 @@ async fn main() -> anyhow::Result<()> {
                     let path = config.context("--config is required for Switchboard")?;
                     let file = FileConfig::load(&path)?;
                     let secret = hs256_secret(&file, &org)?;
+                    // Turns are streamed by an operator session; everything else is published over HTTP.
+                    let via = match plan.layout {
+                        switchboard_bench::scenario::Layout::Turns { .. } => Via::Operator,
+                        _ => Via::Http,
+                    };
                     (
                         Target::Switchboard(Switchboard {
                             addr,
@@ -172,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
                             secret,
                             api_key,
                         }),
-                        Via::Http,
+                        via,
                     )
                 }
                 TargetKind::Nats => (
@@ -186,9 +191,9 @@ async fn main() -> anyhow::Result<()> {
             let via = via.unwrap_or(default_via);
             let publishes = plan.mode == switchboard_bench::scenario::Mode::Deliver;
             if publishes
-                && matches!((&target, via), (Target::Switchboard(sb), Via::Http) if sb.api_key.is_empty())
+                && matches!((&target, via), (Target::Switchboard(sb), Via::Http | Via::Operator) if sb.api_key.is_empty())
             {
-                bail!("--api-key is required to publish over HTTP");
+                bail!("--api-key is required to publish over HTTP or as an operator");
             }
             let result = run(RunConfig {
                 target,

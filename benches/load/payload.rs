@@ -20,6 +20,15 @@ pub fn stamped(channel: u32, seq: u64, scheduled_us: u64, size: usize) -> String
     out
 }
 
+/// The stamp as plain text (`c=1;s=2;t=3;xx..`), for token text that goes
+/// inside a JSON string and would have its quotes escaped.
+pub fn stamped_text(channel: u32, seq: u64, scheduled_us: u64, size: usize) -> String {
+    let mut out = format!("c={channel};s={seq};t={scheduled_us};");
+    let pad = size.saturating_sub(out.len());
+    out.extend(std::iter::repeat_n('x', pad));
+    out
+}
+
 /// The stamp found in a delivered frame (any framing around the payload).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp {
@@ -40,13 +49,23 @@ fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
     any.then_some(n)
 }
 
-/// Scans `frame` for the stamp, without parsing the JSON around it.
+/// Scans `frame` for the stamp (either form), without parsing the JSON around it.
 pub fn scan(frame: &[u8]) -> Option<Stamp> {
-    Some(Stamp {
-        channel: u32::try_from(number_after(frame, br#""c":"#)?).ok()?,
-        seq: number_after(frame, br#""s":"#)?,
-        scheduled_us: number_after(frame, br#""t":"#)?,
-    })
+    let json = || {
+        Some(Stamp {
+            channel: u32::try_from(number_after(frame, br#""c":"#)?).ok()?,
+            seq: number_after(frame, br#""s":"#)?,
+            scheduled_us: number_after(frame, br#""t":"#)?,
+        })
+    };
+    let text = || {
+        Some(Stamp {
+            channel: u32::try_from(number_after(frame, b"c=")?).ok()?,
+            seq: number_after(frame, b";s=")?,
+            scheduled_us: number_after(frame, b";t=")?,
+        })
+    };
+    json().or_else(text)
 }
 
 #[cfg(test)]
@@ -68,6 +87,21 @@ mod tests {
             })
         );
         assert_eq!(scan(b"{\"type\":\"ack\",\"id\":1}"), None);
+    }
+
+    #[test]
+    fn text_stamps_survive_token_framing() {
+        let t = stamped_text(3, 9, 77, 40);
+        assert_eq!(t.len(), 40);
+        let frame = format!(r#"{{"type":"token","channel":"turns.3","offset":5,"turn":"t3","text":"{t}"}}"#);
+        assert_eq!(
+            scan(frame.as_bytes()),
+            Some(Stamp {
+                channel: 3,
+                seq: 9,
+                scheduled_us: 77
+            })
+        );
     }
 
     #[test]

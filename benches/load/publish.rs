@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::net;
-use crate::payload::stamped;
+use crate::payload::{stamped, stamped_text};
 use crate::scenario::Plan;
 use crate::target::{Switchboard, Target};
 
@@ -26,6 +26,8 @@ pub enum Via {
     Ws,
     /// Core NATS publishes on one TCP connection (the nats-server baseline).
     Nats,
+    /// One operator session streaming a turn per channel (Switchboard).
+    Operator,
 }
 
 /// HTTP lanes: independent keep-alive connections, each owning a share of the channels.
@@ -67,6 +69,7 @@ pub async fn publish(
         (Target::Switchboard(sb), Via::Http) => http(sb, plan, schedule).await,
         (Target::Switchboard(sb), Via::Ws) => ws(sb, plan, schedule).await,
         (Target::Nats(n), Via::Nats) => nats(&n.nats_url, plan, schedule).await,
+        (Target::Switchboard(sb), Via::Operator) => operator(sb, plan, schedule).await,
         (t, v) => bail!("{} cannot be published to via {v:?}", t.name()),
     }
 }
@@ -79,6 +82,8 @@ struct Ticks<'a, F: Fn(u32) -> bool> {
     owns: F,
     next: u64,
     out: Published,
+    /// Stamp as plain text (token text) rather than a JSON object.
+    text: bool,
 }
 
 impl<'a, F: Fn(u32) -> bool> Ticks<'a, F> {
@@ -93,6 +98,7 @@ impl<'a, F: Fn(u32) -> bool> Ticks<'a, F> {
             owns,
             next: 0,
             out,
+            text: false,
         }
     }
 
@@ -113,7 +119,8 @@ impl<'a, F: Fn(u32) -> bool> Ticks<'a, F> {
                 self.out.max_lag = self.out.max_lag.max(now - due);
             }
             let seq = self.out.per_channel[channel as usize] + 1;
-            return Some((channel, stamped(channel, seq, due_us, self.plan.payload)));
+            let payload = if self.text { stamped_text } else { stamped };
+            return Some((channel, payload(channel, seq, due_us, self.plan.payload)));
         }
         None
     }
@@ -223,4 +230,74 @@ async fn nats(url: &str, plan: Arc<Plan>, schedule: Schedule) -> anyhow::Result<
     }
     client.flush().await?;
     Ok(ticks.out)
+}
+
+/// Mints an operator session, opens a turn on every channel, streams the
+/// schedule as tokens, and ends the turns.
+async fn operator(sb: &Switchboard, plan: Arc<Plan>, schedule: Schedule) -> anyhow::Result<Published> {
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/operators", sb.addr))
+        .bearer_auth(&sb.api_key)
+        .json(&serde_json::json!({}))
+        .send()
+        .await?;
+    if !res.status().is_success() {
+        bail!("minting an operator session failed: {}", res.status());
+    }
+    let session: serde_json::Value = res.json().await?;
+    let (Some(sid), Some(token)) = (session["sid"].as_str(), session["token"].as_str()) else {
+        bail!("no sid or token in {session}");
+    };
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/v1/operators/{sid}/ws",
+        sb.addr
+    ))?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let stream = net::connect(sb.addr, 0, 1).await?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(net::ws_config())).await?;
+    let (mut tx, mut rx) = ws.split();
+    let channels = plan.channel_count();
+    for c in 0..channels {
+        let start = serde_json::json!({"type": "turn_start", "id": c, "turn": format!("t{c}"), "channel": plan.channel_name(c as u32)});
+        tx.send(Message::text(start.to_string())).await?;
+    }
+    let mut acked = 0;
+    while acked < channels {
+        let msg = rx.next().await.context("operator socket closed")??;
+        let Message::Text(t) = msg else { continue };
+        if t.contains(r#""type":"error""#) {
+            bail!("turn refused: {t}");
+        }
+        acked += usize::from(t.contains(r#""type":"ack""#));
+    }
+    let errors = tokio::spawn(async move {
+        let mut errors = 0u64;
+        while let Some(Ok(msg)) = rx.next().await {
+            if let Message::Text(t) = msg
+                && t.contains(r#""type":"error""#)
+            {
+                errors += 1;
+            }
+        }
+        errors
+    });
+    let mut ticks = Ticks::new(&plan, schedule, |_| true);
+    ticks.text = true;
+    while let Some((channel, text)) = ticks.next().await {
+        let frame = format!(r#"{{"type":"token","turn":"t{channel}","text":"{text}"}}"#);
+        let sent = tx.send(Message::text(frame)).await;
+        ticks.sent(channel, sent.is_ok());
+    }
+    for c in 0..channels {
+        let end = format!(r#"{{"type":"turn_end","turn":"t{c}"}}"#);
+        tx.send(Message::text(end)).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = tx.close().await;
+    let mut out = ticks.out;
+    out.errors += tokio::time::timeout(Duration::from_secs(5), errors)
+        .await
+        .context("operator reader")??;
+    Ok(out)
 }

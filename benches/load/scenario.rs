@@ -10,6 +10,8 @@ pub enum Layout {
     Fanout { channels: usize },
     /// Connection `i` subscribes to its own channel and to its group's.
     Personal { group_size: usize },
+    /// Agent turns: connection `i` watches turn channel `i % channels`.
+    Turns { channels: usize },
 }
 
 /// What a run measures.
@@ -35,7 +37,14 @@ pub struct Plan {
     pub duration: Duration,
 }
 
-pub const SCENARIOS: &[&str] = &["fanout-1k", "fanout-10k", "personal", "idle", "connect-storm"];
+pub const SCENARIOS: &[&str] = &[
+    "fanout-1k",
+    "fanout-10k",
+    "personal",
+    "turns",
+    "idle",
+    "connect-storm",
+];
 
 impl Plan {
     pub fn preset(name: &str) -> Option<Plan> {
@@ -58,6 +67,11 @@ impl Plan {
                 1_000.0,
                 60,
             ),
+            // 100 turns at 50 tokens/s each, 10 watchers per turn, 40-byte tokens.
+            "turns" => Plan {
+                payload: 40,
+                ..plan(1_000, Layout::Turns { channels: 100 }, Mode::Deliver, 5_000.0, 60)
+            },
             "idle" => plan(
                 10_000,
                 Layout::Fanout { channels: 1 },
@@ -75,7 +89,7 @@ impl Plan {
     /// Number of distinct channels.
     pub fn channel_count(&self) -> usize {
         match self.layout {
-            Layout::Fanout { channels } => channels,
+            Layout::Fanout { channels } | Layout::Turns { channels } => channels,
             Layout::Personal { group_size } => self.connections + self.connections.div_ceil(group_size),
         }
     }
@@ -83,7 +97,7 @@ impl Plan {
     /// The channels connection `conn` subscribes to (ids).
     pub fn channels_of(&self, conn: usize) -> Vec<u32> {
         match self.layout {
-            Layout::Fanout { channels } => vec![(conn % channels) as u32],
+            Layout::Fanout { channels } | Layout::Turns { channels } => vec![(conn % channels) as u32],
             Layout::Personal { group_size } => {
                 vec![conn as u32, (self.connections + conn / group_size) as u32]
             }
@@ -95,6 +109,7 @@ impl Plan {
         match self.layout {
             Layout::Fanout { channels: 1 } => "room".into(),
             Layout::Fanout { .. } => format!("room.{id}"),
+            Layout::Turns { .. } => format!("turns.{id}"),
             Layout::Personal { .. } if (id as usize) < self.connections => format!("user.{id}"),
             Layout::Personal { .. } => format!("group.{}", id as usize - self.connections),
         }
@@ -120,7 +135,7 @@ impl Plan {
     /// shape, alternately a spread of personal channels and of groups.
     pub fn channel_for(&self, i: u64) -> u32 {
         match self.layout {
-            Layout::Fanout { channels } => (i % channels as u64) as u32,
+            Layout::Fanout { channels } | Layout::Turns { channels } => (i % channels as u64) as u32,
             Layout::Personal { .. } => {
                 let users = self.connections as u64;
                 let groups = (self.channel_count() as u64) - users;

@@ -78,6 +78,7 @@ impl Switchboard {
             iat: None,
             subscribe: all.clone(),
             publish: if publish { all } else { vec![] },
+            send: vec![],
         };
         Ok(sign_hs256(&self.secret, &claims)?)
     }
@@ -162,7 +163,7 @@ impl Reader {
         match self {
             Reader::Switchboard => {
                 if let Message::Text(text) = msg
-                    && text.starts_with(r#"{"type":"message""#)
+                    && (text.starts_with(r#"{"type":"message""#) || text.starts_with(r#"{"type":"token""#))
                     && let Some(stamp) = scan(text.as_bytes())
                 {
                     on_stamp(stamp);

@@ -15,6 +15,7 @@ fn verify(c: &mut Criterion) {
     let org = OrgId::new("bench").expect("valid");
     let key = new_api_key(&org, "k").expect("OS RNG");
     let dir = StaticOrgs::from_config(&[OrgConfig {
+        rollup: vec![],
         id: "bench".into(),
         allowed_origins: vec![],
         jwt_keys: vec![
@@ -45,6 +46,7 @@ fn verify(c: &mut Criterion) {
         iat: None,
         subscribe: vec![ChannelPattern::new("chat.>").expect("valid")],
         publish: vec![ChannelPattern::new("chat.42").expect("valid")],
+        send: vec![],
     };
     let token = sign_hs256(SECRET, &claims).expect("signs");
     let sign = |alg, pem: &[u8], rsa: bool| {

@@ -70,6 +70,14 @@ async fn switchboard_adapter_over_http_and_ws() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchboard_turns_streamed_by_an_operator() {
+    let server = harness::switchboard().await;
+    let target = Target::Switchboard(server.target.clone());
+    check(target, plan(Layout::Turns { channels: 4 }, 20), Via::Operator).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_adapter_over_websocket() {
     let nats = harness::nats_server();
     let target = Target::Nats(nats.target.clone());

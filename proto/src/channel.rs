@@ -140,6 +140,9 @@ pub struct Grants {
     /// Channels it may publish on.
     #[serde(default)]
     pub publish: Vec<ChannelPattern>,
+    /// Operator sessions it may `send` frames to.
+    #[serde(default)]
+    pub send: Vec<crate::client::TargetPattern>,
 }
 
 impl Grants {
@@ -149,6 +152,10 @@ impl Grants {
 
     pub fn may_publish(&self, channel: &ChannelName) -> bool {
         self.publish.iter().any(|p| p.matches(channel))
+    }
+
+    pub fn may_send(&self, target: &crate::client::Target) -> bool {
+        self.send.iter().any(|p| p.matches(target))
     }
 }
 
@@ -201,6 +208,7 @@ mod tests {
         let g = Grants {
             subscribe: vec![pat("chat.*")],
             publish: vec![pat("chat.1")],
+            send: vec![],
         };
         assert!(g.may_subscribe(&name("chat.2")));
         assert!(!g.may_publish(&name("chat.2")));

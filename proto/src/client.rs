@@ -31,10 +31,13 @@ pub enum ClientFrame {
         channel: ChannelName,
         data: Box<RawValue>,
     },
-    /// A frame for an operator session, addressed by role or sid.
+    /// A frame for an operator session, addressed by role or sid. The
+    /// operator may answer on `reply_to`, a channel the client can subscribe to.
     Send {
         id: RequestId,
         to: Target,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reply_to: Option<ChannelName>,
         data: Box<RawValue>,
     },
     Ping {
@@ -82,6 +85,54 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// Which operator addresses a client may `send` to: `role:<name>`,
+/// `role:*`, `op:<sid>`, `op:*`, or `*` for any.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TargetPattern {
+    Any,
+    AnyRole,
+    AnyOp,
+    Exact(Target),
+}
+
+impl TargetPattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "*" => TargetPattern::Any,
+            "role:*" => TargetPattern::AnyRole,
+            "op:*" => TargetPattern::AnyOp,
+            _ => TargetPattern::Exact(Target::parse(s)?),
+        })
+    }
+
+    pub fn matches(&self, target: &Target) -> bool {
+        match self {
+            TargetPattern::Any => true,
+            TargetPattern::AnyRole => matches!(target, Target::Role(_)),
+            TargetPattern::AnyOp => matches!(target, Target::Op(_)),
+            TargetPattern::Exact(t) => t == target,
+        }
+    }
+}
+
+impl Serialize for TargetPattern {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TargetPattern::Any => s.serialize_str("*"),
+            TargetPattern::AnyRole => s.serialize_str("role:*"),
+            TargetPattern::AnyOp => s.serialize_str("op:*"),
+            TargetPattern::Exact(t) => t.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TargetPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        TargetPattern::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Serialize for Target {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -97,7 +148,7 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    fn invalid(id: Option<RequestId>, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(id: Option<RequestId>, message: impl Into<String>) -> Self {
         Self {
             id,
             code: ErrorCode::ValidationError,
@@ -123,6 +174,8 @@ struct Wire<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     to: Option<&'a RawValue>,
+    #[serde(borrow)]
+    reply_to: Option<&'a RawValue>,
 }
 
 #[derive(Clone, Copy)]
@@ -134,7 +187,10 @@ enum Kind {
     Ping,
 }
 
-fn field<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>, name: &str) -> Result<Option<T>, String> {
+pub(crate) fn field<'a, T: Deserialize<'a>>(
+    raw: Option<&'a RawValue>,
+    name: &str,
+) -> Result<Option<T>, String> {
     match raw {
         None => Ok(None),
         Some(r) if r.get() == "null" => Ok(None),
@@ -144,7 +200,7 @@ fn field<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>, name: &str) -> Resul
     }
 }
 
-fn required<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>, name: &str) -> Result<T, String> {
+pub(crate) fn required<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>, name: &str) -> Result<T, String> {
     field(raw, name)?.ok_or_else(|| format!("missing field {name}"))
 }
 
@@ -154,27 +210,38 @@ fn strip_position(msg: &str) -> &str {
     msg.find(" at line ").map_or(msg, |i| &msg[..i])
 }
 
+/// Parses `payload` as a JSON object of raw fields `W`, and reads its `id`
+/// and `type`, so each frame family decodes the rest field by field.
+pub(crate) fn decode_head<'a, W: Deserialize<'a>>(
+    payload: &'a [u8],
+    id_of: impl Fn(&W) -> Option<&'a RawValue>,
+    kind_of: impl Fn(&W) -> Option<&'a RawValue>,
+) -> Result<(W, Option<RequestId>, std::borrow::Cow<'a, str>), DecodeError> {
+    // A struct also deserializes from a JSON array; only objects are frames.
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(DecodeError::invalid(None, "a frame must be a JSON object"));
+    }
+    let wire: W = serde_json::from_slice(payload)
+        .map_err(|e| DecodeError::invalid(None, format!("malformed JSON: {e}")))?;
+    let id: Option<RequestId> = field(id_of(&wire), "id").map_err(|m| DecodeError::invalid(None, m))?;
+    match field(kind_of(&wire), "type") {
+        Ok(Some(kind)) => Ok((wire, id, kind)),
+        Ok(None) => Err(DecodeError::invalid(id, "missing field type")),
+        Err(m) => Err(DecodeError::invalid(id, m)),
+    }
+}
+
 impl ClientFrame {
     /// Decodes one text frame's payload.
     pub fn decode(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
-        // A struct also deserializes from a JSON array; only objects are frames.
-        if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(DecodeError::invalid(None, "a frame must be a JSON object"));
-        }
-        let wire: Wire = serde_json::from_slice(payload)
-            .map_err(|e| DecodeError::invalid(None, format!("malformed JSON: {e}")))?;
-        let id: Option<RequestId> = field(wire.id, "id").map_err(|m| DecodeError::invalid(None, m))?;
-        let kind = match field::<std::borrow::Cow<str>>(wire.kind, "type") {
-            Ok(Some(k)) => match &*k {
-                "subscribe" => Kind::Subscribe,
-                "unsubscribe" => Kind::Unsubscribe,
-                "publish" => Kind::Publish,
-                "send" => Kind::Send,
-                "ping" => Kind::Ping,
-                _ => return Err(DecodeError::invalid(id, format!("unknown frame type {k:?}"))),
-            },
-            Ok(None) => return Err(DecodeError::invalid(id, "missing field type")),
-            Err(m) => return Err(DecodeError::invalid(id, m)),
+        let (wire, id, kind) = decode_head::<Wire>(payload, |w| w.id, |w| w.kind)?;
+        let kind = match &*kind {
+            "subscribe" => Kind::Subscribe,
+            "unsubscribe" => Kind::Unsubscribe,
+            "publish" => Kind::Publish,
+            "send" => Kind::Send,
+            "ping" => Kind::Ping,
+            k => return Err(DecodeError::invalid(id, format!("unknown frame type {k:?}"))),
         };
         let Some(id) = id else {
             return Err(DecodeError::invalid(None, "missing field id"));
@@ -210,6 +277,7 @@ impl ClientFrame {
                 ClientFrame::Send {
                     id,
                     to: Target::parse(&to).map_err(|m| format!("to: {m}"))?,
+                    reply_to: field(w.reply_to, "reply_to")?,
                     data: required_data(w.data)?,
                 }
             }
@@ -234,7 +302,7 @@ impl ClientFrame {
     }
 }
 
-fn required_data(raw: Option<&RawValue>) -> Result<Box<RawValue>, String> {
+pub(crate) fn required_data(raw: Option<&RawValue>) -> Result<Box<RawValue>, String> {
     match raw {
         Some(r) if r.get() != "null" => Ok(r.to_owned()),
         _ => Err("missing field data".into()),
@@ -294,6 +362,19 @@ mod tests {
         ));
         // Unknown fields are ignored, for forward compatibility.
         assert!(decode(r#"{"type":"ping","id":5,"extra":true}"#).is_ok());
+    }
+
+    #[test]
+    fn target_patterns() {
+        let role = Target::parse("role:main-ai").unwrap();
+        let op = Target::parse("op:op-0b3c6f1e-2a4d-4c8e-9f00-1234567890ab").unwrap();
+        let p = |s: &str| TargetPattern::parse(s).unwrap();
+        assert!(p("*").matches(&role) && p("*").matches(&op));
+        assert!(p("role:*").matches(&role) && !p("role:*").matches(&op));
+        assert!(p("op:*").matches(&op) && !p("op:*").matches(&role));
+        assert!(p("role:main-ai").matches(&role) && !p("role:other").matches(&role));
+        assert!(TargetPattern::parse("role:").is_err());
+        assert!(TargetPattern::parse("main-ai").is_err());
     }
 
     #[test]
@@ -415,11 +496,18 @@ mod tests {
                 channel,
                 data
             }),
-            (request_id(), "[a-z-]{1,10}", data()).prop_map(|(id, r, data)| ClientFrame::Send {
-                id,
-                to: Target::Role(RoleName::new(&r).unwrap()),
-                data,
-            }),
+            (
+                request_id(),
+                "[a-z-]{1,10}",
+                proptest::option::of(channel()),
+                data()
+            )
+                .prop_map(|(id, r, reply_to, data)| ClientFrame::Send {
+                    id,
+                    to: Target::Role(RoleName::new(&r).unwrap()),
+                    reply_to,
+                    data,
+                }),
             request_id().prop_map(|id| ClientFrame::Ping { id }),
         ]
     }

@@ -127,6 +127,33 @@ impl Sid {
     }
 }
 
+/// A turn (one agent reply), named by the operator: 1 to 64 characters out of
+/// `A-Z a-z 0-9 _ - . :`, unique among the session's live turns.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TurnId(Arc<str>);
+
+impl TurnId {
+    pub fn new(s: &str) -> Result<Self, InvalidId> {
+        if s.is_empty() || s.len() > 64 {
+            return Err(InvalidId::new("turn", "must be 1 to 64 characters"));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        {
+            return Err(InvalidId::new(
+                "turn",
+                "may only contain letters, digits, '_', '-', '.' and ':'",
+            ));
+        }
+        Ok(Self(s.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A connection, unique within one pod for the life of the process.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ConnId(pub u64);
@@ -227,6 +254,7 @@ string_id_impls!(OrgId);
 string_id_impls!(Subject);
 string_id_impls!(RoleName);
 string_id_impls!(Sid);
+string_id_impls!(TurnId);
 
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {

@@ -7,6 +7,7 @@
 //! - [`client`]: frames a client sends on `/v1/ws`, decoded with precise errors.
 //! - [`server`]: frames the server sends; message frames are built once as a
 //!   complete WebSocket frame ([`server::PreparedFrame`]) and shared by every subscriber.
+//! - [`operator`]: frames an operator session sends (turn events, publishes).
 //! - [`code`]: the stable error codes of the client protocol and the HTTP API.
 //! - [`ws`]: WebSocket framing (RFC 6455) for the server side of the socket.
 //! - [`envelope`]: the binary inter-pod envelope with its leading version byte.
@@ -16,11 +17,14 @@ pub mod client;
 pub mod code;
 pub mod envelope;
 pub mod ids;
+pub mod operator;
 pub mod server;
 pub mod ws;
 
 pub use channel::{ChannelName, ChannelPattern, Grants};
 pub use client::{ClientFrame, DecodeError, Recover};
+pub use client::{Target, TargetPattern};
 pub use code::ErrorCode;
-pub use ids::{ConnId, Epoch, OrgId, RequestId, RoleName, Sid, Subject};
-pub use server::{Ack, PreparedFrame, ServerFrame};
+pub use ids::{ConnId, Epoch, OrgId, RequestId, RoleName, Sid, Subject, TurnId};
+pub use operator::OperatorFrame;
+pub use server::{Ack, From, PreparedFrame, ServerFrame, TurnEvent, TurnStatus};

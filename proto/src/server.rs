@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
 use crate::code::ErrorCode;
-use crate::ids::{Epoch, RequestId};
+use crate::ids::{ConnId, Epoch, RequestId, Subject, TurnId};
 use crate::ws::{self, FrameBuf, OpCode};
 
 #[derive(Clone, Debug, Serialize)]
@@ -33,6 +33,82 @@ pub enum ServerFrame {
     Pong {
         id: RequestId,
     },
+    /// A turn opened on the channel.
+    TurnStart {
+        channel: ChannelName,
+        offset: u64,
+        turn: TurnId,
+    },
+    /// Text appended to a live turn (one token, or several rolled up).
+    Token {
+        channel: ChannelName,
+        offset: u64,
+        turn: TurnId,
+        text: String,
+    },
+    TurnEnd {
+        channel: ChannelName,
+        offset: u64,
+        turn: TurnId,
+    },
+    /// The turn failed: `reason` is `operator` (it said so, with `message`)
+    /// or `operator_gone` (its session vanished).
+    TurnError {
+        channel: ChannelName,
+        offset: u64,
+        turn: TurnId,
+        reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// A live turn's text so far, replacing its tokens up to `offset` for a
+    /// client that joined or resumed mid-turn. Set the text; then append.
+    TurnSnapshot {
+        channel: ChannelName,
+        offset: u64,
+        turn: TurnId,
+        start_offset: u64,
+        text_so_far: String,
+    },
+    /// A finished turn as history keeps it: one message with the whole text.
+    Turn {
+        channel: ChannelName,
+        offset: u64,
+        turn: TurnId,
+        start_offset: u64,
+        text: String,
+        status: TurnStatus,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// To an operator: a client's `send`.
+    Frame {
+        from: From,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reply_to: Option<ChannelName>,
+        data: Box<RawValue>,
+    },
+    /// To an operator: `dropped` frames for it were refused while it was away
+    /// (its buffer was full); their senders were told.
+    Gap {
+        dropped: u64,
+    },
+}
+
+/// Who sent a frame to an operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct From {
+    pub conn: ConnId,
+    pub sub: Subject,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnStatus {
+    Done,
+    Error,
 }
 
 /// The reply to a request. Which fields are set depends on the request:
@@ -87,6 +163,20 @@ impl ServerFrame {
         PreparedFrame::new(f.finish(OpCode::Text))
     }
 
+    /// The channel offset this frame carries, if it is part of a channel's stream.
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            ServerFrame::Message { offset, .. }
+            | ServerFrame::TurnStart { offset, .. }
+            | ServerFrame::Token { offset, .. }
+            | ServerFrame::TurnEnd { offset, .. }
+            | ServerFrame::TurnError { offset, .. }
+            | ServerFrame::TurnSnapshot { offset, .. }
+            | ServerFrame::Turn { offset, .. } => Some(*offset),
+            _ => None,
+        }
+    }
+
     /// Decodes a frame as a client receives it (tests, load generator, SDKs).
     pub fn decode(payload: &[u8]) -> Result<ServerFrame, serde_json::Error> {
         #[derive(Deserialize)]
@@ -102,6 +192,15 @@ impl ServerFrame {
             message: Option<String>,
             #[serde(borrow)]
             data: Option<&'a RawValue>,
+            turn: Option<TurnId>,
+            text: Option<String>,
+            text_so_far: Option<String>,
+            start_offset: Option<u64>,
+            reason: Option<String>,
+            status: Option<TurnStatus>,
+            from: Option<From>,
+            reply_to: Option<ChannelName>,
+            dropped: Option<u64>,
         }
         use serde::de::Error;
         let w: Wire = serde_json::from_slice(payload)?;
@@ -126,6 +225,54 @@ impl ServerFrame {
             },
             "pong" => ServerFrame::Pong {
                 id: w.id.ok_or_else(|| missing("id"))?,
+            },
+            "turn_start" => ServerFrame::TurnStart {
+                channel: w.channel.ok_or_else(|| missing("channel"))?,
+                offset: w.offset.ok_or_else(|| missing("offset"))?,
+                turn: w.turn.ok_or_else(|| missing("turn"))?,
+            },
+            "token" => ServerFrame::Token {
+                channel: w.channel.ok_or_else(|| missing("channel"))?,
+                offset: w.offset.ok_or_else(|| missing("offset"))?,
+                turn: w.turn.ok_or_else(|| missing("turn"))?,
+                text: w.text.ok_or_else(|| missing("text"))?,
+            },
+            "turn_end" => ServerFrame::TurnEnd {
+                channel: w.channel.ok_or_else(|| missing("channel"))?,
+                offset: w.offset.ok_or_else(|| missing("offset"))?,
+                turn: w.turn.ok_or_else(|| missing("turn"))?,
+            },
+            "turn_error" => ServerFrame::TurnError {
+                channel: w.channel.ok_or_else(|| missing("channel"))?,
+                offset: w.offset.ok_or_else(|| missing("offset"))?,
+                turn: w.turn.ok_or_else(|| missing("turn"))?,
+                reason: w.reason.ok_or_else(|| missing("reason"))?,
+                message: w.message,
+            },
+            "turn_snapshot" => ServerFrame::TurnSnapshot {
+                channel: w.channel.ok_or_else(|| missing("channel"))?,
+                offset: w.offset.ok_or_else(|| missing("offset"))?,
+                turn: w.turn.ok_or_else(|| missing("turn"))?,
+                start_offset: w.start_offset.ok_or_else(|| missing("start_offset"))?,
+                text_so_far: w.text_so_far.ok_or_else(|| missing("text_so_far"))?,
+            },
+            "turn" => ServerFrame::Turn {
+                channel: w.channel.ok_or_else(|| missing("channel"))?,
+                offset: w.offset.ok_or_else(|| missing("offset"))?,
+                turn: w.turn.ok_or_else(|| missing("turn"))?,
+                start_offset: w.start_offset.ok_or_else(|| missing("start_offset"))?,
+                text: w.text.ok_or_else(|| missing("text"))?,
+                status: w.status.ok_or_else(|| missing("status"))?,
+                reason: w.reason,
+                message: w.message,
+            },
+            "frame" => ServerFrame::Frame {
+                from: w.from.ok_or_else(|| missing("from"))?,
+                reply_to: w.reply_to,
+                data: w.data.ok_or_else(|| missing("data"))?.to_owned(),
+            },
+            "gap" => ServerFrame::Gap {
+                dropped: w.dropped.ok_or_else(|| missing("dropped"))?,
             },
             other => return Err(serde_json::Error::custom(format!("unknown frame type {other:?}"))),
         })
@@ -173,6 +320,118 @@ impl PreparedFrame {
         Self::new(f.finish(OpCode::Text))
     }
 
+    /// A turn event, built from borrowed parts (no copy of the text first).
+    pub fn turn(channel: &ChannelName, offset: u64, event: TurnEvent<'_>) -> Self {
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Out<'a> {
+            TurnStart {
+                channel: &'a ChannelName,
+                offset: u64,
+                turn: &'a TurnId,
+            },
+            Token {
+                channel: &'a ChannelName,
+                offset: u64,
+                turn: &'a TurnId,
+                text: &'a str,
+            },
+            TurnEnd {
+                channel: &'a ChannelName,
+                offset: u64,
+                turn: &'a TurnId,
+            },
+            TurnError {
+                channel: &'a ChannelName,
+                offset: u64,
+                turn: &'a TurnId,
+                reason: &'a str,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                message: Option<&'a str>,
+            },
+            TurnSnapshot {
+                channel: &'a ChannelName,
+                offset: u64,
+                turn: &'a TurnId,
+                start_offset: u64,
+                text_so_far: &'a str,
+            },
+            Turn {
+                channel: &'a ChannelName,
+                offset: u64,
+                turn: &'a TurnId,
+                start_offset: u64,
+                text: &'a str,
+                status: TurnStatus,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                reason: Option<&'a str>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                message: Option<&'a str>,
+            },
+        }
+        let out = match event {
+            TurnEvent::Start { turn } => Out::TurnStart {
+                channel,
+                offset,
+                turn,
+            },
+            TurnEvent::Token { turn, text } => Out::Token {
+                channel,
+                offset,
+                turn,
+                text,
+            },
+            TurnEvent::End { turn } => Out::TurnEnd {
+                channel,
+                offset,
+                turn,
+            },
+            TurnEvent::Error {
+                turn,
+                reason,
+                message,
+            } => Out::TurnError {
+                channel,
+                offset,
+                turn,
+                reason,
+                message,
+            },
+            TurnEvent::Snapshot {
+                turn,
+                start_offset,
+                text,
+            } => Out::TurnSnapshot {
+                channel,
+                offset,
+                turn,
+                start_offset,
+                text_so_far: text,
+            },
+            TurnEvent::Finished {
+                turn,
+                start_offset,
+                text,
+                status,
+                reason,
+                message,
+            } => Out::Turn {
+                channel,
+                offset,
+                turn,
+                start_offset,
+                text,
+                status,
+                reason,
+                message,
+            },
+        };
+        let mut f = FrameBuf::with_capacity(96);
+        // Writing borrowed strings and integers into a Vec cannot fail.
+        let _ = serde_json::to_writer(f.payload_mut(), &out);
+        Self::new(f.finish(OpCode::Text))
+    }
+
     /// The bytes to write to a socket.
     pub fn wire(&self) -> &Bytes {
         &self.wire
@@ -190,6 +449,39 @@ impl PreparedFrame {
     pub fn is_empty(&self) -> bool {
         self.wire.is_empty()
     }
+}
+
+/// A turn event as [`PreparedFrame::turn`] writes it.
+#[derive(Clone, Copy, Debug)]
+pub enum TurnEvent<'a> {
+    Start {
+        turn: &'a TurnId,
+    },
+    Token {
+        turn: &'a TurnId,
+        text: &'a str,
+    },
+    End {
+        turn: &'a TurnId,
+    },
+    Error {
+        turn: &'a TurnId,
+        reason: &'a str,
+        message: Option<&'a str>,
+    },
+    Snapshot {
+        turn: &'a TurnId,
+        start_offset: u64,
+        text: &'a str,
+    },
+    Finished {
+        turn: &'a TurnId,
+        start_offset: u64,
+        text: &'a str,
+        status: TurnStatus,
+        reason: Option<&'a str>,
+        message: Option<&'a str>,
+    },
 }
 
 /// A close frame as a prepared frame.
@@ -282,6 +574,122 @@ mod tests {
             }),
             id.prop_map(|id| ServerFrame::Pong { id }),
         ]
+    }
+
+    #[test]
+    fn turn_frames_match_serde() {
+        let ch = ChannelName::new("turns.c1").unwrap();
+        let turn = TurnId::new("t1").unwrap();
+        let cases = [
+            (
+                TurnEvent::Start { turn: &turn },
+                ServerFrame::TurnStart {
+                    channel: ch.clone(),
+                    offset: 4,
+                    turn: turn.clone(),
+                },
+            ),
+            (
+                TurnEvent::Token {
+                    turn: &turn,
+                    text: "a \"q\"\n",
+                },
+                ServerFrame::Token {
+                    channel: ch.clone(),
+                    offset: 4,
+                    turn: turn.clone(),
+                    text: "a \"q\"\n".into(),
+                },
+            ),
+            (
+                TurnEvent::End { turn: &turn },
+                ServerFrame::TurnEnd {
+                    channel: ch.clone(),
+                    offset: 4,
+                    turn: turn.clone(),
+                },
+            ),
+            (
+                TurnEvent::Error {
+                    turn: &turn,
+                    reason: "operator_gone",
+                    message: None,
+                },
+                ServerFrame::TurnError {
+                    channel: ch.clone(),
+                    offset: 4,
+                    turn: turn.clone(),
+                    reason: "operator_gone".into(),
+                    message: None,
+                },
+            ),
+            (
+                TurnEvent::Snapshot {
+                    turn: &turn,
+                    start_offset: 2,
+                    text: "so far",
+                },
+                ServerFrame::TurnSnapshot {
+                    channel: ch.clone(),
+                    offset: 4,
+                    turn: turn.clone(),
+                    start_offset: 2,
+                    text_so_far: "so far".into(),
+                },
+            ),
+            (
+                TurnEvent::Finished {
+                    turn: &turn,
+                    start_offset: 2,
+                    text: "all",
+                    status: TurnStatus::Done,
+                    reason: None,
+                    message: None,
+                },
+                ServerFrame::Turn {
+                    channel: ch.clone(),
+                    offset: 4,
+                    turn: turn.clone(),
+                    start_offset: 2,
+                    text: "all".into(),
+                    status: TurnStatus::Done,
+                    reason: None,
+                    message: None,
+                },
+            ),
+        ];
+        for (event, frame) in cases {
+            let prepared = PreparedFrame::turn(&ch, 4, event);
+            assert_eq!(prepared.payload(), frame.to_json().as_bytes());
+            let back = ServerFrame::decode(&prepared.payload()).unwrap();
+            assert_eq!(back.to_json(), frame.to_json());
+            assert_eq!(back.offset(), Some(4));
+        }
+    }
+
+    #[test]
+    fn operator_frames_round_trip() {
+        let frame = ServerFrame::Frame {
+            from: From {
+                conn: ConnId(7),
+                sub: Subject::new("alice").unwrap(),
+            },
+            reply_to: Some(ChannelName::new("chat.1").unwrap()),
+            data: raw(r#"{"text":"hi"}"#),
+        };
+        assert_eq!(
+            frame.to_json(),
+            r#"{"type":"frame","from":{"conn":7,"sub":"alice"},"reply_to":"chat.1","data":{"text":"hi"}}"#
+        );
+        assert_eq!(
+            ServerFrame::decode(frame.to_json().as_bytes()).unwrap().to_json(),
+            frame.to_json()
+        );
+        let gap = ServerFrame::Gap { dropped: 3 };
+        assert_eq!(
+            ServerFrame::decode(gap.to_json().as_bytes()).unwrap().to_json(),
+            r#"{"type":"gap","dropped":3}"#
+        );
     }
 
     proptest! {

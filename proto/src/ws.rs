@@ -65,6 +65,10 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The connection's credentials expired or were revoked.
     pub const UNAUTHORIZED: u16 = 4001;
+    /// Another socket attached to the same operator session.
+    pub const REPLACED: u16 = 4009;
+    /// The operator session was deleted or expired.
+    pub const SESSION_ENDED: u16 = 4010;
 }
 
 /// Writes a server frame header for `len` payload bytes into the *end* of

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use switchboard_actors::ChannelKey;
+use switchboard_actors::backplane::Event;
 use switchboard_proto::{ChannelName, ErrorCode, OrgId};
 
 use super::{ApiError, App};
@@ -68,10 +69,15 @@ pub async fn publish(
         .data
         .filter(|d| d.get() != "null")
         .ok_or_else(|| ApiError::of(ErrorCode::ValidationError, "missing field data"))?;
-    let published = app.services.backplane.publish(&key, data).await.map_err(|e| {
-        tracing::warn!(error = %e, "publish failed");
-        ApiError::of(ErrorCode::Unavailable, "publish failed; retry")
-    })?;
+    let published = app
+        .services
+        .backplane
+        .publish(&key, Event::Message(data))
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "publish failed");
+            ApiError::of(ErrorCode::Unavailable, "publish failed; retry")
+        })?;
     Ok(Json(json!({"offset": published.offset, "epoch": published.epoch})).into_response())
 }
 

@@ -4,7 +4,9 @@
 
 mod channels;
 mod client_ws;
+mod operators;
 mod ops;
+mod sockets;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -47,6 +49,12 @@ impl App {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/ws", get(client_ws::upgrade))
+        .route("/v1/operators", post(operators::mint).get(operators::list))
+        .route(
+            "/v1/operators/{sid}",
+            get(operators::get).delete(operators::delete),
+        )
+        .route("/v1/operators/{sid}/ws", get(operators::connect))
         .route(
             "/v1/orgs/{org}/channels/{channel}/publish",
             post(channels::publish),
@@ -68,6 +76,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
+    /// More fields for the error object (e.g. the conflicting `roles`).
+    pub extra: Option<(&'static str, serde_json::Value)>,
 }
 
 impl ApiError {
@@ -76,7 +86,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            extra: None,
         }
+    }
+
+    /// Adds a field to the error object.
+    pub fn with(mut self, name: &'static str, value: serde_json::Value) -> Self {
+        self.extra = Some((name, value));
+        self
     }
 
     /// The status the code usually travels with.
@@ -99,7 +116,11 @@ impl From<AuthError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let (Some((name, value)), Some(object)) = (self.extra, error.as_object_mut()) {
+            object.insert(name.into(), value);
+        }
+        let body = json!({ "error": error });
         (self.status, axum::Json(body)).into_response()
     }
 }

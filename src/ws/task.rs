@@ -8,7 +8,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use switchboard_actors::{CloseReason, Connection, Sink};
+use switchboard_actors::{CloseReason, FrameHandler, Sink};
 use switchboard_proto::PreparedFrame;
 use switchboard_proto::ws::{self, OpCode};
 use tokio::time::timeout;
@@ -44,7 +44,7 @@ enum Wake {
 /// frame handling and closing run in boxed futures of their own, and the
 /// bytes hyper read past the handshake are copied out (the `Bytes` would
 /// pin hyper's whole read buffer).
-pub async fn run(sink: Arc<SocketSink>, mut conn: Connection, initial: Bytes, settings: WsSettings) {
+pub async fn run<H: FrameHandler>(sink: Arc<SocketSink>, mut conn: H, initial: Bytes, settings: WsSettings) {
     let mut reader = FrameReader::new(settings.max_frame_bytes, &initial);
     drop(initial);
     let mut reading = handle_events(&mut conn, &mut reader, &sink, settings).await;
@@ -91,8 +91,8 @@ pub async fn run(sink: Arc<SocketSink>, mut conn: Connection, initial: Bytes, se
 }
 
 /// Handles every complete event read so far. Returns whether to keep reading.
-async fn handle_events(
-    conn: &mut Connection,
+async fn handle_events<H: FrameHandler>(
+    conn: &mut H,
     reader: &mut FrameReader,
     sink: &SocketSink,
     settings: WsSettings,
@@ -100,7 +100,7 @@ async fn handle_events(
     loop {
         match reader.next_event() {
             Ok(None) => return true,
-            Ok(Some(Event::Text(payload))) => Box::pin(conn.on_text(&payload)).await,
+            Ok(Some(Event::Text(payload))) => conn.on_text(&payload).await,
             Ok(Some(Event::Binary)) => conn.on_binary(),
             Ok(Some(Event::Oversized(len))) => conn.on_oversized(len, settings.max_frame_bytes),
             Ok(Some(Event::Ping(payload))) => {

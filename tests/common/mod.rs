@@ -48,6 +48,7 @@ pub fn test_config(edit: impl FnOnce(&mut FileConfig)) -> (FileConfig, Vec<Strin
             let key = new_api_key(&OrgId::new(org).unwrap(), "test").unwrap();
             keys.push(key.plaintext.clone());
             OrgConfig {
+                rollup: vec![],
                 id: (*org).into(),
                 allowed_origins: vec![],
                 jwt_keys: vec![JwtKeyConfig::HS256 {
@@ -178,6 +179,7 @@ pub fn token_signed(
         iat: None,
         subscribe: patterns(subscribe),
         publish: patterns(publish),
+        send: vec![switchboard_proto::TargetPattern::Any],
     };
     sign_hs256(secret, &claims).unwrap()
 }
@@ -329,4 +331,89 @@ pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 /// Raises the open-files limit as far as allowed (tests open thousands of sockets).
 pub fn raise_fd_limit() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
+}
+
+/// `POST /v1/operators` with `org`'s API key.
+pub async fn mint(server: &TestServer, org: &str, roles: &[&str]) -> (u16, serde_json::Value) {
+    let res = reqwest::Client::new()
+        .post(server.url("/v1/operators"))
+        .bearer_auth(server.api_key(org))
+        .json(&serde_json::json!({ "roles": roles }))
+        .send()
+        .await
+        .expect("mint request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// A minted session: its sid and bearer token.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub sid: String,
+    pub token: String,
+}
+
+pub async fn mint_ok(server: &TestServer, org: &str, roles: &[&str]) -> Session {
+    let (status, body) = mint(server, org, roles).await;
+    assert_eq!(status, 201, "{body}");
+    Session {
+        sid: body["sid"].as_str().unwrap().into(),
+        token: body["token"].as_str().unwrap().into(),
+    }
+}
+
+/// `GET` or `DELETE` on `/v1/operators/:sid` with a bearer token.
+pub async fn session_call(
+    server: &TestServer,
+    method: reqwest::Method,
+    sid: &str,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, server.url(&format!("/v1/operators/{sid}")));
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let res = req.send().await.expect("session request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+impl Client {
+    /// An operator's socket for `session`.
+    pub async fn operator(server: &TestServer, session: &Session) -> Client {
+        let url = format!("ws://{}/v1/operators/{}/ws", server.addr, session.sid);
+        let bearer = format!("Bearer {}", session.token);
+        let req = upgrade_request(&url, &[("authorization", bearer.as_str())]);
+        let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect in time")
+            .expect("operator upgrade accepted");
+        Client { ws }
+    }
+
+    /// The next frame that is part of a channel's stream (message or turn event).
+    pub async fn channel_event(&mut self) -> ServerFrame {
+        loop {
+            let frame = self.next().await;
+            if frame.offset().is_some() {
+                return frame;
+            }
+        }
+    }
+}
+
+/// Applies a channel's turn events to the text a UI would show for `turn`.
+pub fn apply_turn(text: &mut String, frame: &ServerFrame, turn: &str) {
+    match frame {
+        ServerFrame::Token {
+            turn: t, text: more, ..
+        } if t.as_str() == turn => text.push_str(more),
+        ServerFrame::TurnSnapshot {
+            turn: t, text_so_far, ..
+        } if t.as_str() == turn => *text = text_so_far.clone(),
+        ServerFrame::Turn {
+            turn: t, text: all, ..
+        } if t.as_str() == turn => *text = all.clone(),
+        _ => {}
+    }
 }

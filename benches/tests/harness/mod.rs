@@ -27,6 +27,7 @@ pub async fn switchboard() -> RunningSwitchboard {
     let file = FileConfig {
         listen: Some("127.0.0.1:0".into()),
         orgs: vec![OrgConfig {
+            rollup: vec![],
             id: "load".into(),
             allowed_origins: vec![],
             jwt_keys: vec![JwtKeyConfig::HS256 {

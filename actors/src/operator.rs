@@ -1,0 +1,95 @@
+//! The operator's side of `/v1/operators/:sid/ws`: each frame the operator
+//! sends is decoded here and handed to its session actor, which replies on
+//! the socket. A frame that cannot be decoded is answered with an error and
+//! the socket carries on.
+
+use std::sync::Arc;
+
+use ractor::ActorRef;
+use switchboard_proto::{ConnId, ErrorCode, OperatorFrame, PreparedFrame, ServerFrame, Sid};
+
+use crate::backplane::BoxFuture;
+use crate::link::{FrameHandler, Supervised};
+use crate::session::SessionMsg;
+use crate::sink::{CloseReason, Sink};
+
+pub struct OperatorShared {
+    pub(crate) id: ConnId,
+    pub(crate) sid: Sid,
+    pub(crate) sink: Arc<dyn Sink>,
+    pub(crate) session: ActorRef<SessionMsg>,
+    /// Which attachment of the session this socket is.
+    pub(crate) generation: u64,
+}
+
+impl Supervised for OperatorShared {
+    fn id(&self) -> ConnId {
+        self.id
+    }
+
+    fn sink(&self) -> &Arc<dyn Sink> {
+        &self.sink
+    }
+
+    fn release(&self) {
+        // A session that already ended needs no word.
+        let _ = self.session.cast(SessionMsg::Detached(self.generation));
+    }
+}
+
+pub struct OperatorLink {
+    pub(crate) shared: Arc<OperatorShared>,
+}
+
+impl OperatorLink {
+    pub fn sid(&self) -> &Sid {
+        &self.shared.sid
+    }
+
+    fn error(&self, id: Option<switchboard_proto::RequestId>, code: ErrorCode, message: impl Into<String>) {
+        let _ = self
+            .shared
+            .sink
+            .offer(&ServerFrame::error(id, code, message).prepare());
+    }
+}
+
+impl FrameHandler for OperatorLink {
+    fn on_text<'a>(&'a mut self, payload: &'a [u8]) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let frame = match OperatorFrame::decode(payload) {
+                Ok(frame) => frame,
+                Err(e) => return self.error(e.id, e.code, e.message),
+            };
+            // The call waits until the session handled the frame: an
+            // operator streaming tokens is slowed to what the session keeps up with.
+            if ractor::call!(self.shared.session, SessionMsg::FromOperator, frame).is_err() {
+                self.shared.sink.close(CloseReason::SessionEnded);
+            }
+        })
+    }
+
+    fn on_binary(&self) {
+        self.error(
+            None,
+            ErrorCode::ValidationError,
+            "binary frames are not supported; send JSON text frames",
+        );
+    }
+
+    fn on_oversized(&self, len: u64, max: usize) {
+        self.error(
+            None,
+            ErrorCode::FrameTooLarge,
+            format!("frame of {len} bytes exceeds the limit of {max} bytes; it was discarded"),
+        );
+    }
+
+    fn write(&self, frame: &PreparedFrame) {
+        let _ = self.shared.sink.offer(frame);
+    }
+
+    fn supervised(&self) -> Arc<dyn Supervised> {
+        self.shared.clone()
+    }
+}

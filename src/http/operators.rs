@@ -1,0 +1,169 @@
+//! Operator sessions over HTTP: mint (`POST /v1/operators`, org API key),
+//! list (`GET /v1/operators`), inspect and end (`GET`/`DELETE
+//! /v1/operators/:sid`, the session's bearer token) and connect (`GET
+//! /v1/operators/:sid/ws`). An unknown sid is 404 before any token is
+//! compared; a missing or wrong token is 401.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use switchboard_actors::{CloseReason, MintError, SessionInfo, SessionRecord, Sink};
+use switchboard_proto::{ErrorCode, RoleName, Sid};
+
+use super::sockets::switch;
+use super::{ApiError, App};
+use crate::auth::{bearer, random_token, verify_api_key};
+use crate::directory::Scope;
+use crate::ws::handshake::check_upgrade;
+
+/// Roles one session may claim.
+const MAX_ROLES: usize = 16;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MintBody {
+    #[serde(default)]
+    roles: Vec<RoleName>,
+}
+
+fn info_json(info: &SessionInfo) -> serde_json::Value {
+    json!({"sid": info.sid, "roles": info.roles, "connected": info.connected})
+}
+
+pub async fn mint(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let org = verify_api_key(app.directory.as_ref(), bearer(&headers), None, Scope::Operators)?;
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map_err(|_| ApiError::of(ErrorCode::FrameTooLarge, "body exceeds 64 KiB"))?;
+    let parsed: MintBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        MintBody::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::of(
+                ErrorCode::ValidationError,
+                format!("body must be {{\"roles\": [\"<role>\", ...]}}: {e}"),
+            )
+        })?
+    };
+    let mut roles = parsed.roles;
+    roles.sort();
+    roles.dedup();
+    if roles.len() > MAX_ROLES {
+        return Err(ApiError::of(
+            ErrorCode::ValidationError,
+            format!("at most {MAX_ROLES} roles per session"),
+        ));
+    }
+    let sid = Sid::new(&format!("op-{}", uuid::Uuid::new_v4()))
+        .map_err(|e| ApiError::of(ErrorCode::InternalError, e.to_string()))?;
+    let token =
+        random_token(32).map_err(|_| ApiError::of(ErrorCode::InternalError, "no randomness available"))?;
+    let record = SessionRecord {
+        sid: sid.clone(),
+        org: org.id.clone(),
+        token_sha256: Sha256::digest(token.as_bytes()).into(),
+        roles: roles.clone(),
+        rollup: Arc::clone(&org.rollup),
+        turns: Vec::new(),
+    };
+    match app.services.mint_session(record).await {
+        Ok(()) => Ok((
+            StatusCode::CREATED,
+            Json(json!({"sid": sid, "token": token, "roles": roles})),
+        )
+            .into_response()),
+        Err(MintError::Conflict(taken)) => Err(ApiError::of(
+            ErrorCode::Conflict,
+            MintError::Conflict(taken.clone()).to_string(),
+        )
+        .with("roles", json!(taken))),
+        Err(MintError::Failed(e)) => {
+            tracing::error!(error = %e, "session mint failed");
+            Err(ApiError::of(
+                ErrorCode::Unavailable,
+                "the session could not be started; retry",
+            ))
+        }
+    }
+}
+
+pub async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let org = verify_api_key(app.directory.as_ref(), bearer(&headers), None, Scope::Operators)?;
+    let sessions: Vec<_> = app
+        .services
+        .org_sessions(&org.id)
+        .await
+        .iter()
+        .map(info_json)
+        .collect();
+    Ok(Json(json!({ "sessions": sessions })).into_response())
+}
+
+/// The session `sid` names, if its bearer token is right: 404 for an
+/// unknown sid (before any token is looked at), 401 for a missing or wrong token.
+fn authorize(app: &App, sid: &str, headers: &HeaderMap) -> Result<Sid, ApiError> {
+    let not_found = || ApiError::of(ErrorCode::NotFound, "no such operator session");
+    let sid = Sid::new(sid).map_err(|_| not_found())?;
+    let record = app.services.session_record(&sid).ok_or_else(not_found)?;
+    let presented = bearer(headers)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::of(ErrorCode::Unauthorized, "missing or invalid credentials"))?;
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    if !bool::from(digest.ct_eq(&record.token_sha256)) {
+        return Err(ApiError::of(
+            ErrorCode::Unauthorized,
+            "missing or invalid credentials",
+        ));
+    }
+    Ok(sid)
+}
+
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let sid = authorize(&app, &sid, &headers)?;
+    let info = app
+        .services
+        .session_info(&sid)
+        .await
+        .ok_or_else(|| ApiError::of(ErrorCode::NotFound, "no such operator session"))?;
+    Ok(Json(info_json(&info)).into_response())
+}
+
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let sid = authorize(&app, &sid, &headers)?;
+    if !app.services.end_session(&sid).await {
+        return Err(ApiError::of(ErrorCode::NotFound, "no such operator session"));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn connect(
+    State(app): State<Arc<App>>,
+    Path(sid): Path<String>,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let sid = authorize(&app, &sid, req.headers())?;
+    let key = check_upgrade(&req)?;
+    switch(&app, req, &key, move |app, sink| async move {
+        let link = app.services.attach_operator(&sid, sink.clone()).await;
+        if link.is_none() {
+            sink.abort(CloseReason::SessionEnded);
+        }
+        link
+    })
+}
