@@ -67,6 +67,15 @@ async fn a_turn_streams_in_order_and_is_compacted_in_history() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["messages"].as_array().unwrap().len(), 1, "{body}");
     let m = &body["messages"][0];
+    for name in [
+        "switchboard_operator_sessions",
+        "switchboard_operator_sessions_connected",
+        "switchboard_turns_started_total",
+        "switchboard_turns_finished_total",
+        "switchboard_tokens_total",
+    ] {
+        assert!(server.metric(name).await > 0.0, "{name} in /metrics");
+    }
     assert_eq!(
         (&m["type"], &m["text"], &m["status"], &m["offset"]),
         (
@@ -248,6 +257,7 @@ async fn rollup_coalesces_tokens_without_changing_the_text() {
     assert_eq!(first.as_deref(), Some("w0 "), "the first token goes out at once");
     println!("rollup: 200 tokens in {token_frames} frames");
     assert!(token_frames < 60, "{token_frames} frames for 200 tokens");
+    assert!(server.metric("switchboard_rollup_frames_saved_total").await >= (200 - 60) as f64);
     server.stop().await;
 }
 
