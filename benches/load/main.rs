@@ -79,7 +79,7 @@ struct RunArgs {
     /// Seconds idle connections settle before memory is read
     #[arg(long)]
     settle: Option<u64>,
-    /// How to publish (default: http for Switchboard, nats for the baseline)
+    /// How to publish (default: ws for Switchboard, operator for its turns, nats for the baseline)
     #[arg(long, value_enum)]
     via: Option<Via>,
     /// Spread client sockets over 127.0.0.1..=N
@@ -165,10 +165,12 @@ async fn main() -> anyhow::Result<()> {
                     let path = config.context("--config is required for Switchboard")?;
                     let file = FileConfig::load(&path)?;
                     let secret = hs256_secret(&file, &org)?;
-                    // Turns are streamed by an operator session; everything else is published over HTTP.
+                    // Turns are streamed by an operator session; everything else
+                    // goes over one client WebSocket, the counterpart of the
+                    // baseline's one NATS connection (--via http to compare).
                     let via = match plan.layout {
                         switchboard_bench::scenario::Layout::Turns { .. } => Via::Operator,
-                        _ => Via::Http,
+                        _ => Via::Ws,
                     };
                     (
                         Target::Switchboard(Switchboard {
