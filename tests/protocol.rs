@@ -304,3 +304,17 @@ async fn quiet_peers_are_pinged_and_silent_ones_dropped() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_connection_limit_is_enforced_with_a_clear_error() {
+    let server = TestServer::start_with(|c| c.limits.max_connections = Some(2)).await;
+    let first = Client::connect_all(&server, "acme").await;
+    let _second = Client::connect_all(&server, "acme").await;
+    let url = server.ws_url(&token("acme", "third", &[">"], &[]));
+    assert_eq!(refused_status(upgrade_request(&url, &[])).await, 503);
+    drop(first);
+    eventually("a place frees up", async || server.connections().await == 1).await;
+    let mut third = Client::connect(&server, &token("acme", "third", &[">"], &[])).await;
+    third.ping(1).await;
+    server.stop().await;
+}

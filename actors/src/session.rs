@@ -197,16 +197,6 @@ impl SessionState {
         self.store.set_turns(&self.sid, turns);
     }
 
-    fn window_for(&self, channel: &ChannelName, asked: Option<u32>) -> Duration {
-        if let Some(ms) = asked {
-            return Duration::from_millis(u64::from(ms));
-        }
-        self.rollup
-            .iter()
-            .find(|r| r.channels.matches(channel))
-            .map_or(Duration::ZERO, |r| r.window)
-    }
-
     async fn publish(&self, channel: &ChannelName, event: Event<'_>) -> Result<u64, BackplaneError> {
         Ok(self.backplane.publish(&self.key(channel), event).await?.offset)
     }
@@ -342,7 +332,7 @@ impl SessionState {
                 self.flush_channel(&channel).await;
                 match self.publish(&channel, Event::TurnStart(&turn)).await {
                     Ok(offset) => {
-                        let window = self.window_for(&channel, rollup_ms);
+                        let window = rollup_window(&self.rollup, &channel, rollup_ms);
                         let live = LiveTurn {
                             channel: channel.clone(),
                             window,
@@ -411,6 +401,18 @@ impl SessionState {
     }
 }
 
+/// A turn's rollup window: asked for at `turn_start`, else the org's first
+/// rule matching the channel, else none.
+fn rollup_window(rules: &[RollupRule], channel: &ChannelName, asked: Option<u32>) -> Duration {
+    match asked {
+        Some(ms) => Duration::from_millis(u64::from(ms)),
+        None => rules
+            .iter()
+            .find(|r| r.channels.matches(channel))
+            .map_or(Duration::ZERO, |r| r.window),
+    }
+}
+
 pub struct OperatorSession;
 
 impl Actor for OperatorSession {
@@ -430,7 +432,7 @@ impl Actor for OperatorSession {
             .map(|(turn, channel)| {
                 let live = LiveTurn {
                     channel: channel.clone(),
-                    window: Duration::ZERO,
+                    window: rollup_window(&record.rollup, channel, None),
                     pending: String::new(),
                     last_emit: None,
                     flush_scheduled: false,

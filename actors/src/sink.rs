@@ -87,7 +87,7 @@ impl CloseReason {
 
     /// The close frame for this reason.
     pub fn frame(self) -> PreparedFrame {
-        switchboard_proto::server::close(self.code(), self.text())
+        switchboard_proto::prepared::close(self.code(), self.text())
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`scenario`]: the named presets (`fanout-1k`, `idle`, ...) as plans.
 //! - [`payload`]: stamped payloads (channel, sequence, scheduled time) and their scanner.
 //! - [`net`]: client sockets spread over 127.0.0.x source addresses.
+//! - [`rawws`]: the subscribers' lean WebSocket client (no allocation per message).
 //! - [`target`]: the two protocol adapters (Switchboard, NATS over WebSocket).
 //! - [`publish`]: open-loop publishers over HTTP, WebSocket or NATS.
 //! - [`stats`]: latency histograms and the loss/duplicate accounting.
@@ -18,6 +19,7 @@ pub mod net;
 pub mod payload;
 pub mod procfs;
 pub mod publish;
+pub mod rawws;
 pub mod report;
 pub mod run;
 pub mod scenario;

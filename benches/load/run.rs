@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::stream::SelectAll;
-use futures_util::{SinkExt, StreamExt};
+use std::sync::Mutex;
+
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -15,13 +16,15 @@ use tokio::time::Instant;
 use crate::payload::now_us;
 use crate::procfs;
 use crate::publish::{self, Schedule, Via};
+use crate::rawws;
 use crate::report::{Latency, RunResult};
 use crate::scenario::{Mode, Plan};
 use crate::stats::{ConnSeq, Recorder};
-use crate::target::{Target, Ws};
+use crate::target::{Reader, Target, Ws};
 
-/// Tasks the subscribers are spread over, each with its own histogram.
-const READER_GROUPS: usize = 16;
+/// Histograms the subscribers record into (a few, not one per connection:
+/// each is tens of KiB).
+const RECORDERS: usize = 16;
 /// After the last publish, how long deliveries may keep arriving without progress.
 const DRAIN_QUIET: Duration = Duration::from_secs(3);
 
@@ -134,21 +137,21 @@ async fn deliver(
     let delivered = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let mut groups: Vec<Vec<(usize, Ws)>> = (0..READER_GROUPS).map(|_| Vec::new()).collect();
-    for (n, conn) in conns.into_iter().enumerate() {
-        groups[n % READER_GROUPS].push(conn);
-    }
-    let readers: Vec<_> = groups
+    // One task per connection, recording into a few shared histograms.
+    let recorders: Vec<_> = (0..RECORDERS)
+        .map(|_| Arc::new(Mutex::new(Recorder::new())))
+        .collect();
+    let readers: Vec<_> = conns
         .into_iter()
-        .filter(|g| !g.is_empty())
-        .map(|group| {
-            tokio::spawn(read_group(
-                cfg.target.clone(),
-                plan.clone(),
-                group,
-                Arc::clone(&delivered),
-                stop_rx.clone(),
-            ))
+        .enumerate()
+        .map(|(n, (conn, ws))| {
+            let reader = Reading {
+                reader: cfg.target.reader(),
+                seq: ConnSeq::new(plan.channels_of(conn)),
+                recorder: Arc::clone(&recorders[n % RECORDERS]),
+                delivered: Arc::clone(&delivered),
+            };
+            tokio::spawn(reader.run(ws, stop_rx.clone()))
         })
         .collect();
 
@@ -158,7 +161,17 @@ async fn deliver(
         start_us: now_us() + 100_000,
         rate: plan.rate,
     };
-    let published = publish::publish(&cfg.target, plan, cfg.via, schedule).await?;
+    // The publisher gets a thread (and runtime) of its own: behind a thousand
+    // runnable reader tasks on the same worker it would send late, and its
+    // lateness would show up as the server's latency.
+    let (target, publish_plan, via) = (cfg.target.clone(), plan.clone(), cfg.via);
+    let published = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(publish::publish(&target, &publish_plan, via, schedule))
+    })
+    .await??;
     // Wait for the tail: until everything arrived or nothing moved for a while.
     let mut last = delivered.load(Ordering::Relaxed);
     let mut quiet_since = Instant::now();
@@ -176,12 +189,13 @@ async fn deliver(
 
     let mut total = Recorder::new();
     for r in readers {
-        let (rec, seqs) = r.await?;
-        total.merge(&rec);
-        total.lost += seqs
-            .iter()
-            .map(|s| s.tail_lost(&published.per_channel))
-            .sum::<u64>();
+        total.lost += r.await?.tail_lost(&published.per_channel);
+    }
+    for recorder in &recorders {
+        let recorder = recorder
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a reader panicked"))?;
+        total.merge(&recorder);
     }
     result.published = published.per_channel.iter().sum();
     result.publish_errors = published.errors;
@@ -206,51 +220,57 @@ async fn deliver(
     Ok(())
 }
 
-/// Reads a share of the connections until told to stop; returns what it
-/// recorded and each connection's sequence state.
-async fn read_group(
-    target: Target,
-    plan: Plan,
-    group: Vec<(usize, Ws)>,
+/// One subscriber's reading: its sequence check, and where it records.
+struct Reading {
+    reader: Reader,
+    seq: ConnSeq,
+    recorder: Arc<Mutex<Recorder>>,
     delivered: Arc<AtomicU64>,
-    mut stop: watch::Receiver<bool>,
-) -> (Recorder, Vec<ConnSeq>) {
-    let mut recorder = Recorder::new();
-    let mut seqs = Vec::with_capacity(group.len());
-    let mut readers = Vec::with_capacity(group.len());
-    let mut sinks = Vec::with_capacity(group.len());
-    let mut streams = SelectAll::new();
-    for (slot, (conn, ws)) in group.into_iter().enumerate() {
-        seqs.push(ConnSeq::new(plan.channels_of(conn)));
-        readers.push(target.reader());
-        let (sink, stream) = ws.split();
-        sinks.push(sink);
-        streams.push(stream.map(move |m| (slot, m)));
-    }
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            item = streams.next() => {
-                let Some((slot, Ok(msg))) = item else {
-                    if item.is_none() { break } else { continue }
-                };
-                let now = now_us();
-                let mut n = 0;
-                let reply = readers[slot].read(&msg, |stamp| {
-                    recorder.record(&mut seqs[slot], stamp, now);
-                    n += 1;
-                });
-                if n > 0 {
-                    delivered.fetch_add(n, Ordering::Relaxed);
-                }
-                if let Some(reply) = reply {
-                    let _ = sinks[slot].send(reply).await;
-                }
+}
+
+impl Reading {
+    /// Reads until told to stop or the connection ends; returns the
+    /// connection's sequence state for the final loss count.
+    async fn run(mut self, mut ws: Ws, mut stop: watch::Receiver<bool>) -> ConnSeq {
+        loop {
+            let frame = tokio::select! {
+                _ = stop.changed() => break,
+                frame = ws.read_frame() => match frame {
+                    Ok(Some(frame)) => frame,
+                    _ => break,
+                },
+            };
+            let reply = match frame.opcode {
+                rawws::TEXT | rawws::BINARY => self
+                    .deliveries(ws.payload(&frame))
+                    .map(|r| (rawws::BINARY, r.to_vec())),
+                rawws::PING => Some((rawws::PONG, ws.payload(&frame).to_vec())),
+                rawws::CLOSE => break,
+                _ => None,
+            };
+            if let Some((opcode, payload)) = reply
+                && ws.send(opcode, &payload).await.is_err()
+            {
+                break;
             }
         }
+        self.seq
     }
-    for mut sink in sinks {
-        let _ = sink.close().await;
+
+    fn deliveries(&mut self, payload: &[u8]) -> Option<&'static [u8]> {
+        let now = now_us();
+        let mut n = 0;
+        let Ok(mut recorder) = self.recorder.lock() else {
+            return None;
+        };
+        let seq = &mut self.seq;
+        let reply = self.reader.read(payload, |stamp| {
+            recorder.record(seq, stamp, now);
+            n += 1;
+        });
+        if n > 0 {
+            self.delivered.fetch_add(n, Ordering::Relaxed);
+        }
+        reply
     }
-    (recorder, seqs)
 }

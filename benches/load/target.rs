@@ -6,17 +6,15 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
 use switchboard::auth::{ClientClaims, now_secs, sign_hs256};
 use switchboard_proto::ChannelPattern;
-use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::net;
 use crate::payload::{Stamp, scan};
+use crate::rawws::{self, RawWs};
 
-pub type Ws = WebSocketStream<TcpStream>;
+/// A subscriber's connection.
+pub type Ws = RawWs;
 
 /// A Switchboard server and the credentials to load it.
 #[derive(Clone, Debug)]
@@ -89,19 +87,29 @@ impl Switchboard {
 
     async fn open(&self, index: usize, channels: &[String], sources: usize) -> anyhow::Result<Ws> {
         let token = self.token(&format!("load-{index}"), false)?;
-        let mut ws = net::websocket(&self.ws_url(&token), self.addr, index, sources).await?;
+        let stream = net::connect(self.addr, index, sources).await?;
+        let mut ws = RawWs::handshake(
+            stream,
+            &self.addr.to_string(),
+            &format!("/v1/ws?token={token}"),
+            &[],
+        )
+        .await?;
         for (id, channel) in channels.iter().enumerate() {
             let frame = serde_json::json!({"type": "subscribe", "id": id, "channel": channel});
-            ws.send(Message::text(frame.to_string())).await?;
+            ws.send(rawws::TEXT, frame.to_string().as_bytes()).await?;
         }
         let mut acked = 0;
         while acked < channels.len() {
-            let msg = ws.next().await.context("closed before the subscribe ack")??;
-            let Message::Text(text) = msg else { continue };
-            if text.contains(r#""type":"ack""#) {
+            let frame = ws
+                .read_frame()
+                .await?
+                .context("closed before the subscribe ack")?;
+            let text = ws.payload(&frame);
+            if text.starts_with(br#"{"type":"ack""#) {
                 acked += 1;
-            } else if text.contains(r#""type":"error""#) {
-                bail!("subscribe refused: {text}");
+            } else if text.starts_with(br#"{"type":"error""#) {
+                bail!("subscribe refused: {}", String::from_utf8_lossy(text));
             }
         }
         Ok(ws)
@@ -110,8 +118,8 @@ impl Switchboard {
 
 impl Nats {
     async fn open(&self, index: usize, channels: &[String], sources: usize) -> anyhow::Result<Ws> {
-        let url = format!("ws://{}/", self.ws_addr);
-        let mut ws = net::websocket(&url, self.ws_addr, index, sources).await?;
+        let stream = net::connect(self.ws_addr, index, sources).await?;
+        let mut ws = RawWs::handshake(stream, &self.ws_addr.to_string(), "/", &[]).await?;
         let mut hello = String::from(
             r#"CONNECT {"verbose":false,"pedantic":false,"headers":false,"protocol":1,"lang":"load"}"#,
         );
@@ -121,13 +129,13 @@ impl Nats {
         }
         // The PONG comes after the server processed every SUB before it.
         hello.push_str("PING\r\n");
-        ws.send(Message::binary(hello.into_bytes())).await?;
+        ws.send(rawws::BINARY, hello.as_bytes()).await?;
         let mut parser = NatsParser::default();
         loop {
-            let msg = ws.next().await.context("closed before PONG")??;
+            let frame = ws.read_frame().await?.context("closed before PONG")?;
             let mut ponged = false;
             let mut error = None;
-            parser.feed(msg_bytes(&msg), |event| match event {
+            parser.feed(ws.payload(&frame), |event| match event {
                 NatsEvent::Pong => ponged = true,
                 NatsEvent::Err(e) => error = Some(e),
                 _ => {}
@@ -142,14 +150,6 @@ impl Nats {
     }
 }
 
-fn msg_bytes(msg: &Message) -> &[u8] {
-    match msg {
-        Message::Text(t) => t.as_bytes(),
-        Message::Binary(b) => b,
-        _ => &[],
-    }
-}
-
 /// Finds deliveries in what a connection receives.
 pub enum Reader {
     Switchboard,
@@ -157,14 +157,14 @@ pub enum Reader {
 }
 
 impl Reader {
-    /// Calls `on_stamp` for each delivery in `msg`; returns a reply to send
-    /// back (NATS pings) if any.
-    pub fn read(&mut self, msg: &Message, mut on_stamp: impl FnMut(Stamp)) -> Option<Message> {
+    /// Calls `on_stamp` for each delivery in a text or binary frame's
+    /// payload; returns a reply to send back as a binary frame (NATS pings).
+    pub fn read(&mut self, payload: &[u8], mut on_stamp: impl FnMut(Stamp)) -> Option<&'static [u8]> {
         match self {
             Reader::Switchboard => {
-                if let Message::Text(text) = msg
-                    && (text.starts_with(r#"{"type":"message""#) || text.starts_with(r#"{"type":"token""#))
-                    && let Some(stamp) = scan(text.as_bytes())
+                if (payload.starts_with(br#"{"type":"message""#)
+                    || payload.starts_with(br#"{"type":"token""#))
+                    && let Some(stamp) = scan(payload)
                 {
                     on_stamp(stamp);
                 }
@@ -172,7 +172,7 @@ impl Reader {
             }
             Reader::Nats(parser) => {
                 let mut ping = false;
-                parser.feed(msg_bytes(msg), |event| match event {
+                parser.feed(payload, |event| match event {
                     NatsEvent::Msg(payload) => {
                         if let Some(stamp) = scan(payload) {
                             on_stamp(stamp);
@@ -181,7 +181,7 @@ impl Reader {
                     NatsEvent::Ping => ping = true,
                     _ => {}
                 });
-                ping.then(|| Message::binary(b"PONG\r\n".to_vec()))
+                ping.then_some(&b"PONG\r\n"[..])
             }
         }
     }

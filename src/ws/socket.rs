@@ -61,7 +61,13 @@ struct Out {
 
 impl SocketSink {
     pub fn new(stream: TcpStream, limit: usize, heartbeat: Heartbeat) -> Self {
+        // Connections opened together would otherwise all be pinged in the
+        // same sweep: spread each one's first ping over half an interval.
+        static SPREAD: AtomicU64 = AtomicU64::new(0);
+        let half = (heartbeat.ping_interval.as_millis() as u64 / 2).max(1);
+        let n = SPREAD.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
+        let jitter = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % half;
         Self {
             stream,
             out: Mutex::new(Out {
@@ -74,8 +80,8 @@ impl SocketSink {
             signaled: AtomicBool::new(false),
             limit,
             heartbeat,
-            last_heard_ms: AtomicU64::new(now),
-            last_ping_ms: AtomicU64::new(now),
+            last_heard_ms: AtomicU64::new(now.saturating_sub(jitter)),
+            last_ping_ms: AtomicU64::new(now.saturating_sub(jitter)),
         }
     }
 
