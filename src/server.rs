@@ -29,6 +29,9 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_AT_LEAST: Duration = Duration::from_secs(1);
 /// How often a draining server checks whether live turns have ended.
 const TURN_DRAIN_POLL: Duration = Duration::from_millis(50);
+/// How often recorded histogram samples are folded in (bounded memory
+/// whether or not `/metrics` is scraped).
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// How often forgotten channels are swept from in-memory history.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -90,12 +93,16 @@ impl Server {
         let routes = router(Arc::clone(&self.app));
         let memory = Arc::clone(&self.memory);
         let sweeper_cancel = cancel.clone();
+        let prometheus = self.app.prometheus.clone();
         http.spawn(async move {
-            let mut every = tokio::time::interval(SWEEP_INTERVAL);
+            let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+            let mut upkeep = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
             loop {
                 tokio::select! {
                     _ = sweeper_cancel.cancelled() => return,
-                    _ = every.tick() => { memory.sweep(); }
+                    _ = sweep.tick() => { memory.sweep(); }
+                    // Histogram samples pile up until drained; nobody may be scraping.
+                    _ = upkeep.tick() => prometheus.run_upkeep(),
                 }
             }
         });

@@ -268,13 +268,20 @@ pub fn plot_cdf(results: &[RunResult], path: &Path) -> anyhow::Result<()> {
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("latency (ms, log)")
-        .x_label_formatter(&|x| match x.round() as i32 {
-            0 => "p0".into(),
-            1 => "p90".into(),
-            2 => "p99".into(),
-            3 => "p99.9".into(),
-            4 => "p99.99".into(),
-            _ => String::new(),
+        .x_labels(10)
+        .x_label_formatter(&|x| {
+            // Only whole "nines" get a label.
+            if (x - x.round()).abs() > 1e-6 {
+                return String::new();
+            }
+            match x.round() as i32 {
+                0 => "p0".into(),
+                1 => "p90".into(),
+                2 => "p99".into(),
+                3 => "p99.9".into(),
+                4 => "p99.99".into(),
+                _ => String::new(),
+            }
         })
         .draw()?;
     for (i, (name, lat)) in series.iter().enumerate() {
@@ -355,7 +362,7 @@ pub fn plot_scaling(results: &[RunResult], path: &Path) -> anyhow::Result<()> {
             .x_label_area_size(36)
             .y_label_area_size(48)
             .build_cartesian_2d((50f64..max_n * 1.5).log_scale(), 0f64..max_y)?;
-        chart.configure_mesh().x_desc("subscribers").draw()?;
+        chart.configure_mesh().x_desc("subscribers").x_label_formatter(&|x| format!("{x:.0}")).draw()?;
         for (i, target) in targets.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             let series: Vec<(f64, f64)> = points

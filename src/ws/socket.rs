@@ -45,7 +45,10 @@ pub struct SocketSink {
     limit: usize,
     heartbeat: Heartbeat,
     last_heard_ms: AtomicU64,
-    last_ping_ms: AtomicU64,
+    /// When the heartbeat next looks at this connection. Each connection
+    /// keeps its own phase, so connections opened together are not all
+    /// pinged in the same sweep.
+    next_ping_ms: AtomicU64,
 }
 
 struct Out {
@@ -61,13 +64,12 @@ struct Out {
 
 impl SocketSink {
     pub fn new(stream: TcpStream, limit: usize, heartbeat: Heartbeat) -> Self {
-        // Connections opened together would otherwise all be pinged in the
-        // same sweep: spread each one's first ping over half an interval.
+        // Spread first pings over half an interval, deterministically.
         static SPREAD: AtomicU64 = AtomicU64::new(0);
-        let half = (heartbeat.ping_interval.as_millis() as u64 / 2).max(1);
+        let interval = heartbeat.ping_interval.as_millis() as u64;
         let n = SPREAD.fetch_add(1, Ordering::Relaxed);
+        let jitter = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % (interval / 2).max(1);
         let now = now_ms();
-        let jitter = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % half;
         Self {
             stream,
             out: Mutex::new(Out {
@@ -80,8 +82,8 @@ impl SocketSink {
             signaled: AtomicBool::new(false),
             limit,
             heartbeat,
-            last_heard_ms: AtomicU64::new(now.saturating_sub(jitter)),
-            last_ping_ms: AtomicU64::new(now.saturating_sub(jitter)),
+            last_heard_ms: AtomicU64::new(now),
+            next_ping_ms: AtomicU64::new(now + interval - jitter),
         }
     }
 
@@ -213,8 +215,12 @@ impl Sink for SocketSink {
             return;
         }
         let interval = self.heartbeat.ping_interval.as_millis() as u64;
-        if silent >= interval && now.saturating_sub(self.last_ping_ms.load(Ordering::Relaxed)) >= interval {
-            self.last_ping_ms.store(now, Ordering::Relaxed);
+        if now < self.next_ping_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        self.next_ping_ms.store(now + interval, Ordering::Relaxed);
+        // A peer heard from recently needs no ping this round.
+        if silent >= interval / 2 {
             let _ = self.offer(&PING);
         }
     }
