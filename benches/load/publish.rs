@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::net;
 use crate::payload::{stamped, stamped_text};
@@ -185,19 +185,8 @@ async fn http(sb: &Switchboard, plan: Arc<Plan>, schedule: Schedule) -> anyhow::
 async fn ws(sb: &Switchboard, plan: Arc<Plan>, schedule: Schedule) -> anyhow::Result<Published> {
     let token = sb.token("load-publisher", true)?;
     let ws = net::websocket(&sb.ws_url(&token), sb.addr, 0, 1).await?;
-    let (mut tx, mut rx) = ws.split();
-    // Replies are counted, not waited for: the schedule is open-loop.
-    let errors = tokio::spawn(async move {
-        let mut errors = 0u64;
-        while let Some(Ok(msg)) = rx.next().await {
-            if let Message::Text(t) = msg
-                && t.contains(r#""type":"error""#)
-            {
-                errors += 1;
-            }
-        }
-        errors
-    });
+    let (mut tx, rx) = ws.split();
+    let errors = tokio::spawn(count_errors(rx));
     let mut ticks = Ticks::new(&plan, schedule, |_| true);
     let mut id = 0u64;
     while let Some((channel, payload)) = ticks.next().await {
@@ -230,6 +219,20 @@ async fn nats(url: &str, plan: Arc<Plan>, schedule: Schedule) -> anyhow::Result<
     }
     client.flush().await?;
     Ok(ticks.out)
+}
+
+/// Counts the error replies on a publisher's socket until it closes: the
+/// schedule is open-loop, so replies are counted, never waited for.
+async fn count_errors(mut rx: impl futures_util::Stream<Item = Result<Message, WsError>> + Unpin) -> u64 {
+    let mut errors = 0;
+    while let Some(Ok(msg)) = rx.next().await {
+        if let Message::Text(t) = msg
+            && t.contains(r#""type":"error""#)
+        {
+            errors += 1;
+        }
+    }
+    errors
 }
 
 /// Mints an operator session, opens a turn on every channel, streams the
@@ -271,17 +274,7 @@ async fn operator(sb: &Switchboard, plan: Arc<Plan>, schedule: Schedule) -> anyh
         }
         acked += usize::from(t.contains(r#""type":"ack""#));
     }
-    let errors = tokio::spawn(async move {
-        let mut errors = 0u64;
-        while let Some(Ok(msg)) = rx.next().await {
-            if let Message::Text(t) = msg
-                && t.contains(r#""type":"error""#)
-            {
-                errors += 1;
-            }
-        }
-        errors
-    });
+    let errors = tokio::spawn(count_errors(rx));
     let mut ticks = Ticks::new(&plan, schedule, |_| true);
     ticks.text = true;
     while let Some((channel, text)) = ticks.next().await {

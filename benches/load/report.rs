@@ -166,19 +166,25 @@ fn metric(r: &RunResult, name: &str) -> Option<f64> {
     }
 }
 
-/// Per (scenario, target): the number of runs and each metric's median.
-pub type Medians = BTreeMap<(String, String), (usize, BTreeMap<&'static str, f64>)>;
-
-/// Medians per (scenario, target, metric), with the number of runs.
-pub fn medians(results: &[RunResult]) -> Medians {
+fn by_scenario_and_target<'a>(
+    runs: impl Iterator<Item = &'a RunResult>,
+) -> BTreeMap<(String, String), Vec<&'a RunResult>> {
     let mut grouped: BTreeMap<(String, String), Vec<&RunResult>> = BTreeMap::new();
-    for r in results {
+    for r in runs {
         grouped
             .entry((r.scenario.clone(), r.target.clone()))
             .or_default()
             .push(r);
     }
     grouped
+}
+
+/// Per (scenario, target): the number of runs and each metric's median.
+pub type Medians = BTreeMap<(String, String), (usize, BTreeMap<&'static str, f64>)>;
+
+/// Medians per (scenario, target, metric), with the number of runs.
+pub fn medians(results: &[RunResult]) -> Medians {
+    by_scenario_and_target(results.iter())
         .into_iter()
         .map(|(key, runs)| {
             let values = METRICS
@@ -307,14 +313,7 @@ pub fn plot_cdf(results: &[RunResult], path: &Path) -> anyhow::Result<()> {
 
 /// For each (scenario, target) with latencies, the run with the median p99.
 fn representative_runs(results: &[RunResult]) -> Vec<(String, Latency)> {
-    let mut grouped: BTreeMap<(String, String), Vec<&RunResult>> = BTreeMap::new();
-    for r in results.iter().filter(|r| r.latency_us.is_some()) {
-        grouped
-            .entry((r.scenario.clone(), r.target.clone()))
-            .or_default()
-            .push(r);
-    }
-    grouped
+    by_scenario_and_target(results.iter().filter(|r| r.latency_us.is_some()))
         .into_iter()
         .filter_map(|((s, t), mut runs)| {
             runs.sort_by_key(|r| r.latency_us.as_ref().map_or(0, |l| l.p99));
@@ -362,7 +361,11 @@ pub fn plot_scaling(results: &[RunResult], path: &Path) -> anyhow::Result<()> {
             .x_label_area_size(36)
             .y_label_area_size(48)
             .build_cartesian_2d((50f64..max_n * 1.5).log_scale(), 0f64..max_y)?;
-        chart.configure_mesh().x_desc("subscribers").x_label_formatter(&|x| format!("{x:.0}")).draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("subscribers")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .draw()?;
         for (i, target) in targets.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             let series: Vec<(f64, f64)> = points
