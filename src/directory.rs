@@ -78,11 +78,19 @@ pub enum Scope {
     Operators,
     /// Manage the org's users and keys.
     Admin,
+    /// Mint short-lived WebSocket tickets for clients.
+    Tickets,
 }
 
 impl Scope {
     pub fn all() -> Vec<Scope> {
-        vec![Scope::Publish, Scope::History, Scope::Operators, Scope::Admin]
+        vec![
+            Scope::Publish,
+            Scope::History,
+            Scope::Operators,
+            Scope::Admin,
+            Scope::Tickets,
+        ]
     }
 }
 

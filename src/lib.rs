@@ -4,7 +4,7 @@
 //! - [`cli`]: the `switchboard` command (`serve`, `init`, `token`).
 //! - [`config`]: settings with reasoned defaults; file, env and flags merged.
 //! - [`directory`]: orgs and their credentials (the `OrgDirectory` seam).
-//! - [`auth`]: client JWTs, API keys, bearer tokens.
+//! - [`auth`]: client JWTs, API keys, bearer tokens; [`tickets`]: short-lived WS tickets.
 //! - [`server`]: accept loop, HTTP/1.1 serving, ordered shutdown.
 //! - [`http`]: the routes and the JSON error mapping.
 //! - [`ws`]: client WebSockets on the raw socket (handshake, reader, sink, task).
@@ -20,4 +20,5 @@ pub mod directory;
 pub mod http;
 pub mod server;
 pub mod telemetry;
+pub mod tickets;
 pub mod ws;

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::http::{App, router};
+use crate::tickets::TicketKey;
 use crate::ws::WsSettings;
 use crate::ws::socket::Heartbeat;
 
@@ -55,6 +56,7 @@ impl Server {
         let app = Arc::new(App {
             services: Arc::clone(tree.services()),
             directory: Arc::new(settings.orgs.clone()),
+            tickets: TicketKey::random()?,
             ws: WsSettings {
                 max_frame_bytes: settings.max_frame_bytes,
                 heartbeat: Heartbeat {

@@ -6,37 +6,10 @@
 mod common;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use switchboard::auth::new_api_key;
 use switchboard::directory::{ApiKeyConfig, Scope};
 use switchboard_proto::OrgId;
-
-async fn post(url: &str, key: Option<&str>, body: &str) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_owned());
-    if let Some(key) = key {
-        req = req.bearer_auth(key);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
-async fn get(url: &str, key: Option<&str>) -> (u16, Value) {
-    let mut req = reqwest::Client::new().get(url);
-    if let Some(key) = key {
-        req = req.bearer_auth(key);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("<no error code>")
-}
 
 #[tokio::test]
 async fn publish_refusals() {
@@ -199,6 +172,13 @@ async fn keys_are_scoped() {
     let (status, reply) = get(
         &server.url("/v1/orgs/acme/channels/c/history"),
         Some(&publish_only.plaintext),
+    )
+    .await;
+    assert_eq!((status, code(&reply)), (403, "FORBIDDEN"));
+    let (status, reply) = post(
+        &server.url("/v1/orgs/acme/tickets"),
+        Some(&publish_only.plaintext),
+        r#"{"sub":"u"}"#,
     )
     .await;
     assert_eq!((status, code(&reply)), (403, "FORBIDDEN"));

@@ -18,7 +18,8 @@
 //! - [`backplane`]: the `Backplane` and `History` capabilities.
 //! - [`memory`]: the in-process backplane with bounded in-memory history.
 //! - [`connection`]: one client's protocol logic (subscribe/resume, publish, send).
-//! - [`session`], [`operator`]: operator sessions, their turns, their sockets.
+//! - [`session`], [`operator`]: operator sessions, their turns, their sockets;
+//!   [`session_store`]: what a session leaves behind to restart from.
 //! - [`link`]: what a socket task needs from the protocol behind it.
 //! - [`limits`], [`telemetry`]: settings the actors enforce, metric names.
 
@@ -33,6 +34,7 @@ pub mod operator;
 pub mod org;
 pub mod orgs;
 pub mod session;
+pub mod session_store;
 pub mod sink;
 pub mod telemetry;
 pub mod tree;
@@ -45,6 +47,7 @@ pub use link::{FrameHandler, Supervised};
 pub use memory::{HistoryLimits, InProcess};
 pub use operator::OperatorLink;
 pub use org::MintError;
-pub use session::{RollupRule, SessionInfo, SessionRecord};
+pub use session::SessionInfo;
+pub use session_store::{RollupRule, SessionRecord};
 pub use sink::{CloseReason, MemorySink, Refused, Sink};
 pub use tree::{Services, Tree, TreeError};

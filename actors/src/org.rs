@@ -16,7 +16,8 @@ use switchboard_proto::{ChannelName, OrgId, RoleName, Sid, Target};
 use crate::backplane::Backplane;
 use crate::hub::{ChannelKey, Hub};
 use crate::orgs::OrgsMsg;
-use crate::session::{OperatorSession, SessionArgs, SessionLimits, SessionMsg, SessionRecord, SessionStore};
+use crate::session::{OperatorSession, SessionArgs, SessionLimits, SessionMsg};
+use crate::session_store::{SessionRecord, SessionStore};
 use crate::telemetry;
 
 pub enum OrgMsg {

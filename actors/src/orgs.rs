@@ -15,7 +15,8 @@ use switchboard_proto::OrgId;
 use crate::backplane::Backplane;
 use crate::hub::Hub;
 use crate::org::{OrgActor, OrgArgs, OrgMsg};
-use crate::session::{SessionLimits, SessionStore};
+use crate::session::SessionLimits;
+use crate::session_store::SessionStore;
 use crate::telemetry;
 
 pub enum OrgsMsg {

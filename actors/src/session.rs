@@ -10,87 +10,18 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
 use metrics::{counter, gauge};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use switchboard_proto::{
-    Ack, ChannelName, ChannelPattern, ErrorCode, OperatorFrame, OrgId, PreparedFrame, RequestId, RoleName,
-    ServerFrame, Sid, TurnId,
+    Ack, ChannelName, ErrorCode, OperatorFrame, OrgId, PreparedFrame, RequestId, RoleName, ServerFrame, Sid,
+    TurnId,
 };
 
 use crate::backplane::{Backplane, BackplaneError, Event};
 use crate::hub::ChannelKey;
+use crate::session_store::{RollupRule, SessionRecord, SessionStore};
 use crate::sink::{CloseReason, Sink};
 use crate::telemetry;
-
-/// Coalesce a turn's tokens on matching channels into one frame per window.
-#[derive(Clone, Debug)]
-pub struct RollupRule {
-    pub channels: ChannelPattern,
-    pub window: Duration,
-}
-
-/// What outlives a session actor: enough to restart it after a crash.
-#[derive(Clone, Debug)]
-pub struct SessionRecord {
-    pub sid: Sid,
-    pub org: OrgId,
-    /// SHA-256 of the session's bearer token; the token itself is never kept.
-    pub token_sha256: [u8; 32],
-    pub roles: Vec<RoleName>,
-    pub rollup: Arc<[RollupRule]>,
-    /// Live turns, so a restarted session can still finish or fail them.
-    pub turns: Vec<(TurnId, ChannelName)>,
-}
-
-/// Every session record of this pod, by sid.
-#[derive(Default)]
-pub struct SessionStore {
-    records: DashMap<Sid, SessionRecord>,
-}
-
-impl SessionStore {
-    pub fn get(&self, sid: &Sid) -> Option<SessionRecord> {
-        self.records.get(sid).map(|r| r.clone())
-    }
-
-    pub(crate) fn insert(&self, record: SessionRecord) {
-        self.records.insert(record.sid.clone(), record);
-    }
-
-    /// Removes a record; true if there was one.
-    pub(crate) fn remove(&self, sid: &Sid) -> bool {
-        self.records.remove(sid).is_some()
-    }
-
-    /// Live turns across every session of this pod.
-    pub fn live_turns(&self) -> usize {
-        self.records.iter().map(|r| r.turns.len()).sum()
-    }
-
-    /// Sessions of this pod.
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-
-    pub(crate) fn of_org(&self, org: &OrgId) -> Vec<SessionRecord> {
-        self.records
-            .iter()
-            .filter(|r| &r.org == org)
-            .map(|r| r.clone())
-            .collect()
-    }
-
-    fn set_turns(&self, sid: &Sid, turns: Vec<(TurnId, ChannelName)>) {
-        if let Some(mut r) = self.records.get_mut(sid) {
-            r.turns = turns;
-        }
-    }
-}
 
 /// Session timings and bounds (from [`crate::Limits`]).
 #[derive(Clone, Copy, Debug)]

@@ -27,7 +27,8 @@ use crate::operator::{OperatorLink, OperatorShared};
 use crate::org::OrgHandle;
 use crate::org::{MintError, OrgMsg};
 use crate::orgs::{Orgs, OrgsArgs, OrgsMsg};
-use crate::session::{SessionInfo, SessionLimits, SessionMsg, SessionRecord, SessionStore};
+use crate::session::{SessionInfo, SessionLimits, SessionMsg};
+use crate::session_store::{SessionRecord, SessionStore};
 use crate::sink::{CloseReason, Sink};
 
 /// What every request path needs, built once.

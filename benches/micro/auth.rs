@@ -1,5 +1,5 @@
 //! What authenticating one connection costs: client JWT verification with
-//! each supported algorithm, and API-key verification.
+//! each supported algorithm, ticket verification, and API-key verification.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -7,7 +7,8 @@ use switchboard::auth::{
     ClientClaims, new_api_key, now_secs, sign_hs256, verify_api_key, verify_client_token,
 };
 use switchboard::directory::{ApiKeyConfig, JwtKeyConfig, OrgConfig, Scope, StaticOrgs};
-use switchboard_proto::{ChannelPattern, OrgId};
+use switchboard::tickets::{TicketClaims, TicketKey};
+use switchboard_proto::{ChannelPattern, OrgId, Subject};
 
 const SECRET: &str = "bench-secret-0123456789-0123456789";
 
@@ -68,6 +69,19 @@ fn verify(c: &mut Criterion) {
         include_bytes!("../../tests/keys/ed25519-private.pem"),
         false,
     );
+    let tickets = TicketKey::random().expect("OS RNG");
+    let ticket = tickets
+        .mint(
+            &TicketClaims {
+                org: org.clone(),
+                sub: Subject::new("user-42").expect("valid"),
+                subscribe: claims.subscribe.clone(),
+                publish: claims.publish.clone(),
+                send: vec![],
+            },
+            now_secs() + 3600,
+        )
+        .expect("mints");
     let mut g = c.benchmark_group("connect_auth");
     g.throughput(Throughput::Elements(1));
     g.bench_function("jwt_hs256", |b| {
@@ -78,6 +92,9 @@ fn verify(c: &mut Criterion) {
     });
     g.bench_function("jwt_eddsa", |b| {
         b.iter(|| verify_client_token(&dir, std::hint::black_box(&eddsa)).is_ok())
+    });
+    g.bench_function("ticket", |b| {
+        b.iter(|| tickets.verify(&dir, std::hint::black_box(&ticket)).is_ok())
     });
     g.bench_function("api_key", |b| {
         b.iter(|| {

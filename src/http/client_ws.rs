@@ -20,18 +20,24 @@ use crate::ws::handshake::check_upgrade;
 #[derive(Deserialize)]
 struct WsQuery {
     token: Option<String>,
+    ticket: Option<String>,
 }
 
 pub async fn upgrade(State(app): State<Arc<App>>, req: Request<Body>) -> Result<Response, ApiError> {
     let key = check_upgrade(&req)?;
     let Query(query) = Query::<WsQuery>::try_from_uri(req.uri())
         .map_err(|e| ApiError::of(ErrorCode::ValidationError, e.body_text()))?;
-    let token = query
-        .token
-        .as_deref()
-        .or_else(|| bearer(req.headers()))
-        .unwrap_or("");
-    let verified = verify_client_token(app.directory.as_ref(), token)?;
+    let token = query.token.as_deref().or_else(|| bearer(req.headers()));
+    let verified = match (token, query.ticket.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::of(
+                ErrorCode::ValidationError,
+                "connect with a token or a ticket, not both",
+            ));
+        }
+        (None, Some(ticket)) => app.tickets.verify(app.directory.as_ref(), ticket)?,
+        (token, None) => verify_client_token(app.directory.as_ref(), token.unwrap_or(""))?,
+    };
     let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if !verified.org.origin_allowed(origin) {
         return Err(ApiError::of(

@@ -7,6 +7,7 @@ mod client_ws;
 mod operators;
 mod ops;
 mod sockets;
+mod tickets;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,12 +24,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::AuthError;
 use crate::directory::OrgDirectory;
+use crate::tickets::TicketKey;
 use crate::ws::WsSettings;
 
 /// Everything a request handler may need, built once at start-up.
 pub struct App {
     pub services: Arc<Services>,
     pub directory: Arc<dyn OrgDirectory>,
+    /// Signs and checks WebSocket tickets.
+    pub tickets: TicketKey,
     pub ws: WsSettings,
     pub max_connections: usize,
     pub prometheus: PrometheusHandle,
@@ -55,6 +59,7 @@ pub fn router(app: Arc<App>) -> Router {
             get(operators::get).delete(operators::delete),
         )
         .route("/v1/operators/{sid}/ws", get(operators::connect))
+        .route("/v1/orgs/{org}/tickets", post(tickets::mint))
         .route(
             "/v1/orgs/{org}/channels/{channel}/publish",
             post(channels::publish),

@@ -1,0 +1,87 @@
+//! `POST /v1/orgs/:org/tickets` with an org API key (`tickets` scope): a
+//! short-lived ticket a browser connects with (`/v1/ws?ticket=`), for one
+//! subject and its channel grants.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use switchboard_proto::{ChannelPattern, ErrorCode, OrgId, Subject, TargetPattern};
+
+use super::{ApiError, App};
+use crate::auth::{bearer, now_secs, verify_api_key};
+use crate::directory::Scope;
+use crate::tickets::{DEFAULT_TTL_SECS, TTL_SECS, TicketClaims};
+
+/// Largest request body: grants are a handful of patterns.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TicketBody {
+    sub: Subject,
+    #[serde(default)]
+    subscribe: Vec<ChannelPattern>,
+    #[serde(default)]
+    publish: Vec<ChannelPattern>,
+    #[serde(default)]
+    send: Vec<TargetPattern>,
+    ttl_s: Option<u64>,
+}
+
+pub async fn mint(
+    State(app): State<Arc<App>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let org = OrgId::new(&org).map_err(|e| ApiError::of(ErrorCode::ValidationError, e.to_string()))?;
+    verify_api_key(
+        app.directory.as_ref(),
+        bearer(&headers),
+        Some(&org),
+        Scope::Tickets,
+    )?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::of(ErrorCode::FrameTooLarge, "body exceeds 64 KiB"))?;
+    let body: TicketBody = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::of(
+            ErrorCode::ValidationError,
+            format!("body must be {{\"sub\", \"subscribe\"?, \"publish\"?, \"send\"?, \"ttl_s\"?}}: {e}"),
+        )
+    })?;
+    let ttl = body.ttl_s.unwrap_or(DEFAULT_TTL_SECS);
+    if !TTL_SECS.contains(&ttl) {
+        return Err(ApiError::of(
+            ErrorCode::ValidationError,
+            format!(
+                "ttl_s must be between {} and {} seconds",
+                TTL_SECS.start(),
+                TTL_SECS.end()
+            ),
+        ));
+    }
+    let expires_at = now_secs() + ttl;
+    let claims = TicketClaims {
+        org,
+        sub: body.sub,
+        subscribe: body.subscribe,
+        publish: body.publish,
+        send: body.send,
+    };
+    let ticket = app.tickets.mint(&claims, expires_at).map_err(|e| {
+        tracing::error!(error = %e, "ticket mint failed");
+        ApiError::of(ErrorCode::InternalError, "the ticket could not be made")
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"ticket": ticket, "expires_at": expires_at})),
+    )
+        .into_response())
+}
