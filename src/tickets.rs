@@ -12,7 +12,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use switchboard_actors::Identity;
-use switchboard_proto::{ChannelPattern, Grants, OrgId, Subject, TargetPattern};
+use switchboard_proto::{Grants, OrgId, Subject};
 
 use crate::auth::{AuthError, Verified, now_secs};
 use crate::directory::OrgDirectory;
@@ -30,12 +30,8 @@ const VERSION: &str = "sbt1";
 pub struct TicketClaims {
     pub org: OrgId,
     pub sub: Subject,
-    #[serde(default)]
-    pub subscribe: Vec<ChannelPattern>,
-    #[serde(default)]
-    pub publish: Vec<ChannelPattern>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub send: Vec<TargetPattern>,
+    #[serde(flatten)]
+    pub grants: Grants,
 }
 
 /// The key tickets are signed with. One per process for now: a ticket is
@@ -111,11 +107,7 @@ impl TicketKey {
             identity: Identity {
                 org: claims.org,
                 subject: claims.sub,
-                grants: Grants {
-                    subscribe: claims.subscribe,
-                    publish: claims.publish,
-                    send: claims.send,
-                },
+                grants: claims.grants,
             },
             org,
             expires_at,
@@ -131,6 +123,8 @@ fn refuse(why: &str) -> AuthError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_proto::ChannelPattern;
+
     use crate::directory::{OrgConfig, StaticOrgs};
 
     fn dir() -> StaticOrgs {
@@ -148,9 +142,10 @@ mod tests {
         TicketClaims {
             org: OrgId::new(org).unwrap(),
             sub: Subject::new("user-1").unwrap(),
-            subscribe: vec![ChannelPattern::new("chat.>").unwrap()],
-            publish: vec![],
-            send: vec![],
+            grants: Grants {
+                subscribe: vec![ChannelPattern::new("chat.>").unwrap()],
+                ..Grants::default()
+            },
         }
     }
 
@@ -163,7 +158,7 @@ mod tests {
         let v = key.verify_at(&d, &ticket, 999).unwrap();
         assert_eq!(v.identity.org.as_str(), "acme");
         assert_eq!(v.identity.subject.as_str(), "user-1");
-        assert_eq!(v.identity.grants.subscribe, claims("acme").subscribe);
+        assert_eq!(v.identity.grants, claims("acme").grants);
         assert_eq!(v.expires_at, 1_000);
         assert_eq!(key.verify_at(&d, &ticket, 1_000).err(), Some(AuthError::Invalid));
     }

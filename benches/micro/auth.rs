@@ -8,7 +8,7 @@ use switchboard::auth::{
 };
 use switchboard::directory::{ApiKeyConfig, JwtKeyConfig, OrgConfig, Scope, StaticOrgs};
 use switchboard::tickets::{TicketClaims, TicketKey};
-use switchboard_proto::{ChannelPattern, OrgId, Subject};
+use switchboard_proto::{ChannelPattern, Grants, OrgId, Subject};
 
 const SECRET: &str = "bench-secret-0123456789-0123456789";
 
@@ -75,9 +75,11 @@ fn verify(c: &mut Criterion) {
             &TicketClaims {
                 org: org.clone(),
                 sub: Subject::new("user-42").expect("valid"),
-                subscribe: claims.subscribe.clone(),
-                publish: claims.publish.clone(),
-                send: vec![],
+                grants: Grants {
+                    subscribe: claims.subscribe.clone(),
+                    publish: claims.publish.clone(),
+                    send: vec![],
+                },
             },
             now_secs() + 3600,
         )

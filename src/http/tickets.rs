@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_proto::{ChannelPattern, ErrorCode, OrgId, Subject, TargetPattern};
+use switchboard_proto::{ChannelPattern, ErrorCode, Grants, OrgId, Subject, TargetPattern};
 
 use super::{ApiError, App};
 use crate::auth::{bearer, now_secs, verify_api_key};
@@ -71,9 +71,11 @@ pub async fn mint(
     let claims = TicketClaims {
         org,
         sub: body.sub,
-        subscribe: body.subscribe,
-        publish: body.publish,
-        send: body.send,
+        grants: Grants {
+            subscribe: body.subscribe,
+            publish: body.publish,
+            send: body.send,
+        },
     };
     let ticket = app.tickets.mint(&claims, expires_at).map_err(|e| {
         tracing::error!(error = %e, "ticket mint failed");
