@@ -18,8 +18,8 @@ use switchboard_proto::{ChannelPattern, Grants, OrgId, Subject, TargetPattern};
 
 use crate::directory::{OrgDirectory, OrgRecord, Scope};
 
-/// Clock skew tolerated on `exp`.
-const LEEWAY_SECS: u64 = 30;
+/// Clock skew tolerated on `exp`, at connect and on open sockets.
+pub const LEEWAY_SECS: u64 = 30;
 
 /// The claims of a client token.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -54,7 +54,7 @@ pub enum AuthError {
 pub struct Verified {
     pub identity: Identity,
     pub org: std::sync::Arc<OrgRecord>,
-    /// Unix seconds when the token expires.
+    /// Unix seconds when the credential expires.
     pub expires_at: u64,
 }
 

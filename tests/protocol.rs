@@ -306,6 +306,33 @@ async fn quiet_peers_are_pinged_and_silent_ones_dropped() {
 }
 
 #[tokio::test]
+async fn a_socket_closes_when_its_token_expires() {
+    let server = TestServer::start().await;
+    // Accepted within the 30 s leeway, with two seconds of it left.
+    let exp = switchboard::auth::now_secs() + 2 - switchboard::auth::LEEWAY_SECS;
+    let mut expiring = Client::connect(
+        &server,
+        &token_signed(&secret("acme"), "acme", "a", &[">"], &[], exp),
+    )
+    .await;
+    let mut lasting = Client::connect_all(&server, "acme").await;
+    expiring.subscribe(1, "x").await;
+    lasting.subscribe(1, "x").await;
+    let close = expiring.closed().await.expect("a close frame");
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (4001, "token expired; reconnect with a fresh one and resume")
+    );
+    assert!(
+        switchboard::auth::now_secs() >= exp + switchboard::auth::LEEWAY_SECS,
+        "not before its time, leeway included"
+    );
+    let offset = server.publish("acme", "x", serde_json::json!(1)).await;
+    assert_eq!(lasting.message().await, (offset, serde_json::json!(1)));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_connection_limit_is_enforced_with_a_clear_error() {
     let server = TestServer::start_with(|c| c.limits.max_connections = Some(2)).await;
     let first = Client::connect_all(&server, "acme").await;

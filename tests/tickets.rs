@@ -191,15 +191,30 @@ async fn bad_tickets_are_refused_before_the_upgrade() {
 }
 
 #[tokio::test]
-async fn an_expired_ticket_is_refused() {
+async fn an_expired_ticket_is_refused_but_its_socket_lives_on() {
     let server = TestServer::start().await;
     let ticket = mint_ticket(&server, "acme", json!({"sub": "u", "ttl_s": 1})).await;
-    let expires_at: u64 = ticket.split('.').nth(2).unwrap().parse().unwrap();
-    // Expiry is whole seconds on the wall clock: wait until it has passed.
-    eventually("the ticket expires", async || {
-        switchboard::auth::now_secs() >= expires_at
-    })
+    let (ws, _) = tokio_tungstenite::connect_async(ticket_url(&server, &ticket))
+        .await
+        .unwrap();
+    let mut opened = Client { ws };
+    // A JWT socket whose token runs out a second after the ticket's: the
+    // sweep that closes it would have closed the ticket's socket too.
+    let exp = switchboard::auth::now_secs() + 2 - switchboard::auth::LEEWAY_SECS;
+    let mut bounded = Client::connect(
+        &server,
+        &token_signed(&secret("acme"), "acme", "a", &[">"], &[], exp),
+    )
     .await;
+    let close = bounded.closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4001);
+    let expires_at: u64 = ticket.split('.').nth(2).unwrap().parse().unwrap();
+    assert!(
+        switchboard::auth::now_secs() >= expires_at,
+        "the ticket has expired"
+    );
+    // A ticket opens a connection; it does not bound its life.
+    opened.ping(1).await;
     assert_eq!(
         refused_status(upgrade_request(&ticket_url(&server, &ticket), &[])).await,
         401

@@ -38,6 +38,8 @@ pub enum CloseReason {
     SessionEnded,
     /// Nothing was received for too long (not even a pong).
     IdleTimeout,
+    /// The token the connection was opened with has expired.
+    TokenExpired,
     /// The peer vanished (reset, broken pipe): no close frame can be sent.
     PeerGone,
 }
@@ -51,6 +53,7 @@ impl CloseReason {
             CloseReason::Protocol => close::PROTOCOL_ERROR,
             CloseReason::Normal => close::NORMAL,
             CloseReason::IdleTimeout => close::POLICY_VIOLATION,
+            CloseReason::TokenExpired => close::UNAUTHORIZED,
             CloseReason::Replaced => close::REPLACED,
             CloseReason::SessionEnded => close::SESSION_ENDED,
             CloseReason::PeerGone => close::ABNORMAL,
@@ -67,6 +70,7 @@ impl CloseReason {
             CloseReason::Replaced => "replaced by another socket for this session",
             CloseReason::SessionEnded => "session ended",
             CloseReason::IdleTimeout => "idle timeout",
+            CloseReason::TokenExpired => "token expired; reconnect with a fresh one and resume",
             CloseReason::PeerGone => "",
         }
     }
@@ -106,7 +110,7 @@ pub trait Sink: Send + Sync + 'static {
     fn abort(&self, reason: CloseReason);
 
     /// Called about once a second by the supervisor: a socket pings a quiet
-    /// peer and closes one silent for too long. One sweep for all
+    /// peer and closes one silent for too long or past its token's expiry. One sweep for all
     /// connections costs less than a timer in every connection's task.
     fn heartbeat(&self) {}
 }

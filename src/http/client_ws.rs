@@ -14,7 +14,7 @@ use switchboard_proto::ErrorCode;
 
 use super::sockets::switch;
 use super::{ApiError, App};
-use crate::auth::{bearer, verify_client_token};
+use crate::auth::{LEEWAY_SECS, bearer, verify_client_token};
 use crate::ws::handshake::check_upgrade;
 
 #[derive(Deserialize)]
@@ -28,15 +28,21 @@ pub async fn upgrade(State(app): State<Arc<App>>, req: Request<Body>) -> Result<
     let Query(query) = Query::<WsQuery>::try_from_uri(req.uri())
         .map_err(|e| ApiError::of(ErrorCode::ValidationError, e.body_text()))?;
     let token = query.token.as_deref().or_else(|| bearer(req.headers()));
-    let verified = match (token, query.ticket.as_deref()) {
+    // A JWT bounds the connection's life; a ticket only its start (it is
+    // minted for seconds, to open one connection).
+    let (verified, close_at) = match (token, query.ticket.as_deref()) {
         (Some(_), Some(_)) => {
             return Err(ApiError::of(
                 ErrorCode::ValidationError,
                 "connect with a token or a ticket, not both",
             ));
         }
-        (None, Some(ticket)) => app.tickets.verify(app.directory.as_ref(), ticket)?,
-        (token, None) => verify_client_token(app.directory.as_ref(), token.unwrap_or(""))?,
+        (None, Some(ticket)) => (app.tickets.verify(app.directory.as_ref(), ticket)?, None),
+        (token, None) => {
+            let verified = verify_client_token(app.directory.as_ref(), token.unwrap_or(""))?;
+            let close_at = verified.expires_at.saturating_add(LEEWAY_SECS);
+            (verified, Some(close_at))
+        }
     };
     let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if !verified.org.origin_allowed(origin) {
@@ -47,6 +53,9 @@ pub async fn upgrade(State(app): State<Arc<App>>, req: Request<Body>) -> Result<
     }
     let identity = verified.identity;
     switch(&app, req, &key, move |app, sink| async move {
+        if let Some(at) = close_at {
+            sink.expire_at(at);
+        }
         match app.services.open(identity, sink.clone()).await {
             Ok(conn) => Some(conn),
             Err(e) => {

@@ -49,6 +49,8 @@ pub struct SocketSink {
     /// keeps its own phase, so connections opened together are not all
     /// pinged in the same sweep.
     next_ping_ms: AtomicU64,
+    /// On this clock, when the connection's token expires (`u64::MAX`: never).
+    expires_ms: AtomicU64,
 }
 
 struct Out {
@@ -84,6 +86,7 @@ impl SocketSink {
             heartbeat,
             last_heard_ms: AtomicU64::new(now),
             next_ping_ms: AtomicU64::new(now + interval - jitter),
+            expires_ms: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -97,6 +100,16 @@ impl SocketSink {
     pub(crate) fn poll_signal(&self, cx: &std::task::Context<'_>) -> bool {
         self.waker.register(cx.waker());
         self.signaled.swap(false, Ordering::AcqRel)
+    }
+
+    /// Closes the connection once `unix_secs` has passed (checked by the heartbeat).
+    pub fn expire_at(&self, unix_secs: u64) {
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let left_ms = unix_secs.saturating_sub(now_unix).saturating_mul(1000);
+        self.expires_ms
+            .store(now_ms().saturating_add(left_ms), Ordering::Relaxed);
     }
 
     /// The peer sent something: it is alive.
@@ -209,6 +222,10 @@ impl Sink for SocketSink {
 
     fn heartbeat(&self) {
         let now = now_ms();
+        if now >= self.expires_ms.load(Ordering::Relaxed) {
+            self.close(CloseReason::TokenExpired);
+            return;
+        }
         let silent = now.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed));
         if silent >= self.heartbeat.idle_timeout.as_millis() as u64 {
             self.close(CloseReason::IdleTimeout);
