@@ -110,8 +110,9 @@ pub trait Sink: Send + Sync + 'static {
     fn abort(&self, reason: CloseReason);
 
     /// Called about once a second by the supervisor: a socket pings a quiet
-    /// peer and closes one silent for too long or past its token's expiry. One sweep for all
-    /// connections costs less than a timer in every connection's task.
+    /// peer and closes one silent for too long or past its token's expiry.
+    /// One sweep for all connections costs less than a timer in every
+    /// connection's task.
     fn heartbeat(&self) {}
 }
 

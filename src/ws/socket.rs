@@ -20,6 +20,8 @@ use switchboard_proto::PreparedFrame;
 use switchboard_proto::ws::{self, OpCode};
 use tokio::net::TcpStream;
 
+use crate::auth::now_secs;
+
 /// Milliseconds since the process started: a clock cheap to keep in an atomic.
 fn now_ms() -> u64 {
     static START: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -104,10 +106,7 @@ impl SocketSink {
 
     /// Closes the connection once `unix_secs` has passed (checked by the heartbeat).
     pub fn expire_at(&self, unix_secs: u64) {
-        let now_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let left_ms = unix_secs.saturating_sub(now_unix).saturating_mul(1000);
+        let left_ms = unix_secs.saturating_sub(now_secs()).saturating_mul(1000);
         self.expires_ms
             .store(now_ms().saturating_add(left_ms), Ordering::Relaxed);
     }
