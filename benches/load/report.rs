@@ -327,16 +327,21 @@ fn representative_runs(results: &[RunResult]) -> Vec<(String, Latency)> {
 /// every fan-out run (one point per (target, connections), medians).
 pub fn plot_scaling(results: &[RunResult], path: &Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
-    let mut points: BTreeMap<(String, usize), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    // Per (target, connections): every run's [p99 ms, CPU-s per 1M].
+    let mut runs: BTreeMap<(String, usize), [Vec<f64>; 2]> = BTreeMap::new();
     for r in results.iter().filter(|r| r.scenario.starts_with("fanout")) {
-        let e = points.entry((r.target.clone(), r.connections)).or_default();
+        let e = runs.entry((r.target.clone(), r.connections)).or_default();
         if let Some(l) = &r.latency_us {
-            e.0.push(l.p99 as f64 / 1e3);
+            e[0].push(l.p99 as f64 / 1e3);
         }
         if let Some(c) = r.cpu_s_per_1m {
-            e.1.push(c);
+            e[1].push(c);
         }
     }
+    let points: BTreeMap<(String, usize), [Option<f64>; 2]> = runs
+        .into_iter()
+        .map(|(key, [l, c])| (key, [median(l), median(c)]))
+        .collect();
     let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(450);
@@ -347,14 +352,10 @@ pub fn plot_scaling(results: &[RunResult], path: &Path) -> anyhow::Result<()> {
         t
     };
     for (area, title, pick) in [
-        (&left, "p99 latency (ms)", 0usize),
-        (&right, "server CPU-s per 1M deliveries", 1usize),
+        (&left, "p99 latency (ms)", 0),
+        (&right, "server CPU-s per 1M deliveries", 1),
     ] {
-        let values: Vec<f64> = points
-            .values()
-            .filter_map(|(l, c)| median(if pick == 0 { l.clone() } else { c.clone() }))
-            .collect();
-        let max_y = values.iter().copied().fold(1.0f64, f64::max) * 1.2;
+        let max_y = points.values().filter_map(|m| m[pick]).fold(1.0f64, f64::max) * 1.2;
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 18))
             .margin(12)
@@ -371,9 +372,7 @@ pub fn plot_scaling(results: &[RunResult], path: &Path) -> anyhow::Result<()> {
             let series: Vec<(f64, f64)> = points
                 .iter()
                 .filter(|((t, _), _)| t == target)
-                .filter_map(|((_, n), (l, c))| {
-                    Some((*n as f64, median(if pick == 0 { l.clone() } else { c.clone() })?))
-                })
+                .filter_map(|((_, n), m)| Some((*n as f64, m[pick]?)))
                 .collect();
             chart
                 .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))?
