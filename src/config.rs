@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use switchboard_actors::limits as actor_limits;
+use switchboard_actors::memory::{
+    DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_MESSAGES, DEFAULT_MAX_TURNS_PER_CHANNEL,
+};
 use switchboard_actors::{HistoryLimits, Limits};
 
 use crate::directory::{OrgConfig, StaticOrgs};
@@ -20,35 +24,16 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// Chat messages, agent frames and tokens are small; bigger payloads belong
 /// in object storage, referenced from a message.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
-/// About 10 s of a busy 100 msg/s channel. A client further behind than that
-/// is cheaper to cut off and let resume from history than to buffer for.
-pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
-/// Enough for a dashboard watching many channels; more is usually a bug.
-pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
-/// A person types far slower; an agent streaming tokens publishes through its
-/// operator session or HTTP, not through a client connection.
-pub const DEFAULT_PUBLISH_RATE: u32 = 50;
-pub const DEFAULT_PUBLISH_BURST: u32 = 100;
-/// Enough to cover a page reload or a network switch mid-conversation.
-pub const DEFAULT_HISTORY_MESSAGES: usize = 500;
-pub const DEFAULT_HISTORY_AGE: Duration = Duration::from_secs(600);
 /// Below the 30-60 s idle timeouts of common load balancers and NATs.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
 /// Two missed pings and a margin: the peer is gone.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A 64 KiB frame arrives in well under a second on any network a browser
+/// uses; a client still trickling one after ten is holding memory hostage.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Long enough for in-flight requests and close handshakes; short of
 /// Kubernetes' default 30 s termination grace period.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How long an org with no connection keeps its actor warm.
-pub const DEFAULT_ORG_IDLE: Duration = Duration::from_secs(60);
-/// Long enough for an agent runtime to restart or a deploy to roll.
-pub const DEFAULT_SESSION_EXPIRY: Duration = Duration::from_secs(120);
-/// A browser watching a turn should not spin longer than this for an operator gone quiet.
-pub const DEFAULT_TURN_GRACE: Duration = Duration::from_secs(15);
-/// Frames kept for an absent operator: the same bound as a connection's queue.
-pub const DEFAULT_OPERATOR_BUFFER: usize = 1024;
-/// A long agent reply is tens of KiB; a megabyte is a runaway.
-pub const DEFAULT_MAX_TURN_BYTES: usize = 1 << 20;
 
 /// The environment variables `serve` reads (each also a flag).
 pub mod env {
@@ -57,10 +42,12 @@ pub mod env {
     pub const LOG_FORMAT: &str = "SWITCHBOARD_LOG_FORMAT";
     pub const MAX_CONNECTIONS: &str = "SWITCHBOARD_MAX_CONNECTIONS";
     pub const MAX_FRAME_BYTES: &str = "SWITCHBOARD_MAX_FRAME_BYTES";
-    pub const OUTBOUND_QUEUE: &str = "SWITCHBOARD_OUTBOUND_QUEUE";
+    pub const OUTBOUND_QUEUE_BYTES: &str = "SWITCHBOARD_OUTBOUND_QUEUE_BYTES";
     pub const MAX_SUBSCRIPTIONS: &str = "SWITCHBOARD_MAX_SUBSCRIPTIONS";
     pub const PUBLISH_RATE: &str = "SWITCHBOARD_PUBLISH_RATE";
     pub const PUBLISH_BURST: &str = "SWITCHBOARD_PUBLISH_BURST";
+    pub const SUBSCRIBE_RATE: &str = "SWITCHBOARD_SUBSCRIBE_RATE";
+    pub const SUBSCRIBE_BURST: &str = "SWITCHBOARD_SUBSCRIBE_BURST";
     pub const HISTORY_MESSAGES: &str = "SWITCHBOARD_HISTORY_MESSAGES";
     pub const HISTORY_AGE_SECS: &str = "SWITCHBOARD_HISTORY_AGE_SECS";
     pub const SHUTDOWN_GRACE_SECS: &str = "SWITCHBOARD_SHUTDOWN_GRACE_SECS";
@@ -103,9 +90,15 @@ pub struct FileOperators {
     pub session_expiry_secs: Option<u64>,
     /// Seconds a live turn waits for its operator to come back.
     pub turn_grace_secs: Option<u64>,
-    /// Frames buffered for an absent operator.
+    /// Bytes buffered for an absent operator.
+    pub buffer_bytes: Option<usize>,
+    /// Replaced by `buffer_bytes`; kept to say so.
+    #[serde(skip_serializing)]
     pub buffer: Option<usize>,
     pub max_turn_bytes: Option<usize>,
+    pub max_sessions_per_org: Option<usize>,
+    pub max_turns_per_session: Option<usize>,
+    pub max_turns_per_channel: Option<usize>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -113,12 +106,18 @@ pub struct FileOperators {
 pub struct FileLimits {
     pub max_connections: Option<usize>,
     pub max_frame_bytes: Option<usize>,
+    pub outbound_queue_bytes: Option<usize>,
+    /// Replaced by `outbound_queue_bytes`; kept to say so.
+    #[serde(skip_serializing)]
     pub outbound_queue: Option<usize>,
     pub max_subscriptions: Option<usize>,
     pub publish_rate: Option<u32>,
     pub publish_burst: Option<u32>,
+    pub subscribe_rate: Option<u32>,
+    pub subscribe_burst: Option<u32>,
     pub ping_interval_secs: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
+    pub frame_timeout_secs: Option<u64>,
     pub org_idle_secs: Option<u64>,
 }
 
@@ -153,9 +152,9 @@ pub struct Overrides {
     pub max_connections: Option<usize>,
     #[arg(long, env = env::MAX_FRAME_BYTES)]
     pub max_frame_bytes: Option<usize>,
-    /// Frames queued per connection before it is cut off as a slow consumer
-    #[arg(long, env = env::OUTBOUND_QUEUE)]
-    pub outbound_queue: Option<usize>,
+    /// Bytes queued per connection before it is cut off as a slow consumer
+    #[arg(long, env = env::OUTBOUND_QUEUE_BYTES)]
+    pub outbound_queue_bytes: Option<usize>,
     #[arg(long, env = env::MAX_SUBSCRIPTIONS)]
     pub max_subscriptions: Option<usize>,
     /// Publishes per second per connection (0 = unlimited)
@@ -163,6 +162,11 @@ pub struct Overrides {
     pub publish_rate: Option<u32>,
     #[arg(long, env = env::PUBLISH_BURST)]
     pub publish_burst: Option<u32>,
+    /// Subscribes and unsubscribes per second per connection (0 = unlimited)
+    #[arg(long, env = env::SUBSCRIBE_RATE)]
+    pub subscribe_rate: Option<u32>,
+    #[arg(long, env = env::SUBSCRIBE_BURST)]
+    pub subscribe_burst: Option<u32>,
     /// Messages of history kept per channel
     #[arg(long, env = env::HISTORY_MESSAGES)]
     pub history_messages: Option<usize>,
@@ -184,6 +188,7 @@ pub struct Settings {
     pub max_frame_bytes: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    pub frame_timeout: Duration,
     pub limits: Limits,
     pub history: HistoryLimits,
     pub shutdown_grace: Duration,
@@ -218,26 +223,15 @@ impl Settings {
             SocketAddr::from(([127, 0, 0, 1], 0))
         });
         let l = &file.limits;
+        let o = &file.operators;
         let pick = |o: Option<usize>, f: Option<usize>, d: usize| o.or(f).unwrap_or(d);
+        let pick32 = |o: Option<u32>, f: Option<u32>, d: u32| o.or(f).unwrap_or(d);
+        let secs = |o: Option<u64>, f: Option<u64>, d: Duration| o.or(f).map_or(d, Duration::from_secs);
         let max_connections = pick(over.max_connections, l.max_connections, DEFAULT_MAX_CONNECTIONS);
         let max_frame_bytes = pick(over.max_frame_bytes, l.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
-        let outbound_queue = pick(over.outbound_queue, l.outbound_queue, DEFAULT_OUTBOUND_QUEUE);
-        let max_subscriptions = pick(
-            over.max_subscriptions,
-            l.max_subscriptions,
-            DEFAULT_MAX_SUBSCRIPTIONS,
-        );
-        let publish_rate = over
-            .publish_rate
-            .or(l.publish_rate)
-            .unwrap_or(DEFAULT_PUBLISH_RATE);
-        let publish_burst = over
-            .publish_burst
-            .or(l.publish_burst)
-            .unwrap_or(DEFAULT_PUBLISH_BURST);
-        let secs = |o: Option<u64>, f: Option<u64>, d: Duration| o.or(f).map_or(d, Duration::from_secs);
         let ping_interval = secs(None, l.ping_interval_secs, DEFAULT_PING_INTERVAL);
         let idle_timeout = secs(None, l.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT);
+        let frame_timeout = secs(None, l.frame_timeout_secs, DEFAULT_FRAME_TIMEOUT);
         let history = HistoryLimits {
             max_messages: pick(
                 over.history_messages,
@@ -249,15 +243,72 @@ impl Settings {
                 file.history.max_age_secs,
                 DEFAULT_HISTORY_AGE,
             ),
+            max_live_turns: o.max_turns_per_channel.unwrap_or(DEFAULT_MAX_TURNS_PER_CHANNEL),
         };
+        let limits = Limits {
+            outbound_queue_bytes: pick(
+                over.outbound_queue_bytes,
+                l.outbound_queue_bytes,
+                actor_limits::DEFAULT_OUTBOUND_QUEUE_BYTES,
+            ),
+            max_subscriptions: pick(
+                over.max_subscriptions,
+                l.max_subscriptions,
+                actor_limits::DEFAULT_MAX_SUBSCRIPTIONS,
+            ),
+            publish_rate: pick32(
+                over.publish_rate,
+                l.publish_rate,
+                actor_limits::DEFAULT_PUBLISH_RATE,
+            ),
+            publish_burst: pick32(
+                over.publish_burst,
+                l.publish_burst,
+                actor_limits::DEFAULT_PUBLISH_BURST,
+            ),
+            subscribe_rate: pick32(
+                over.subscribe_rate,
+                l.subscribe_rate,
+                actor_limits::DEFAULT_SUBSCRIBE_RATE,
+            ),
+            subscribe_burst: pick32(
+                over.subscribe_burst,
+                l.subscribe_burst,
+                actor_limits::DEFAULT_SUBSCRIBE_BURST,
+            ),
+            replay_limit: history.max_messages.max(1),
+            org_idle: secs(None, l.org_idle_secs, actor_limits::DEFAULT_ORG_IDLE),
+            session_expiry: secs(None, o.session_expiry_secs, actor_limits::DEFAULT_SESSION_EXPIRY),
+            turn_grace: secs(None, o.turn_grace_secs, actor_limits::DEFAULT_TURN_GRACE),
+            operator_buffer_bytes: o
+                .buffer_bytes
+                .unwrap_or(actor_limits::DEFAULT_OPERATOR_BUFFER_BYTES),
+            max_turn_bytes: o.max_turn_bytes.unwrap_or(actor_limits::DEFAULT_MAX_TURN_BYTES),
+            max_sessions_per_org: o
+                .max_sessions_per_org
+                .unwrap_or(actor_limits::DEFAULT_MAX_SESSIONS_PER_ORG),
+            max_turns_per_session: o
+                .max_turns_per_session
+                .unwrap_or(actor_limits::DEFAULT_MAX_TURNS_PER_SESSION),
+        };
+        if l.outbound_queue.is_some() {
+            errors.push(
+                "limits.outbound_queue (frames) is now limits.outbound_queue_bytes (bytes; default 1 MiB)"
+                    .into(),
+            );
+        }
+        if o.buffer.is_some() {
+            errors.push(
+                "operators.buffer (frames) is now operators.buffer_bytes (bytes; default 256 KiB)".into(),
+            );
+        }
         for (name, value) in [
-            ("max_connections", max_connections),
-            ("max_frame_bytes", max_frame_bytes),
-            ("outbound_queue", outbound_queue),
-            ("max_subscriptions", max_subscriptions),
+            ("limits.max_connections", max_connections),
+            ("limits.max_frame_bytes", max_frame_bytes),
+            ("operators.max_turns_per_channel", history.max_live_turns),
         ] {
             if value == 0 {
-                errors.push(format!("limits.{name} must be at least 1"));
+                errors.push(format!("{name} must be at least 1"));
             }
         }
         if max_frame_bytes > 16 << 20 {
@@ -268,6 +319,10 @@ impl Settings {
                 "limits.idle_timeout_secs must be greater than ping_interval_secs (and both above 0)".into(),
             );
         }
+        if frame_timeout.is_zero() {
+            errors.push("limits.frame_timeout_secs must be at least 1".into());
+        }
+        errors.extend(limits.problems(max_frame_bytes));
         let orgs = StaticOrgs::from_config(&file.orgs).unwrap_or_else(|mut e| {
             errors.append(&mut e);
             StaticOrgs::default()
@@ -283,18 +338,8 @@ impl Settings {
             max_frame_bytes,
             ping_interval,
             idle_timeout,
-            limits: Limits {
-                outbound_queue,
-                max_subscriptions,
-                publish_rate,
-                publish_burst,
-                replay_limit: history.max_messages.max(1),
-                org_idle: secs(None, l.org_idle_secs, DEFAULT_ORG_IDLE),
-                session_expiry: secs(None, file.operators.session_expiry_secs, DEFAULT_SESSION_EXPIRY),
-                turn_grace: secs(None, file.operators.turn_grace_secs, DEFAULT_TURN_GRACE),
-                operator_buffer: file.operators.buffer.unwrap_or(DEFAULT_OPERATOR_BUFFER),
-                max_turn_bytes: file.operators.max_turn_bytes.unwrap_or(DEFAULT_MAX_TURN_BYTES),
-            },
+            frame_timeout,
+            limits,
             history,
             shutdown_grace: secs(
                 over.shutdown_grace_secs,
@@ -319,33 +364,72 @@ mod tests {
     fn defaults_resolve() {
         let s = Settings::resolve(FileConfig::default(), &Overrides::default()).unwrap();
         assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(s.limits.outbound_queue, DEFAULT_OUTBOUND_QUEUE);
+        assert_eq!(
+            s.limits.outbound_queue_bytes,
+            actor_limits::DEFAULT_OUTBOUND_QUEUE_BYTES
+        );
         assert_eq!(s.history.max_messages, DEFAULT_HISTORY_MESSAGES);
+        let defaults = Limits::default();
+        assert_eq!(
+            (
+                s.limits.max_turn_bytes,
+                s.limits.session_expiry,
+                s.limits.replay_limit
+            ),
+            (
+                defaults.max_turn_bytes,
+                defaults.session_expiry,
+                defaults.replay_limit
+            ),
+            "one set of defaults"
+        );
     }
 
     #[test]
     fn flags_win_over_the_file() {
         let file: FileConfig = toml::from_str(
-            "listen = \"127.0.0.1:9000\"\n[limits]\noutbound_queue = 10\nmax_subscriptions = 3\n",
+            "listen = \"127.0.0.1:9000\"\n[limits]\noutbound_queue_bytes = 100000\nmax_subscriptions = 3\n",
         )
         .unwrap();
         let over = Overrides {
-            outbound_queue: Some(20),
+            outbound_queue_bytes: Some(2_000_000),
             ..Overrides::default()
         };
         let s = Settings::resolve(file, &over).unwrap();
         assert_eq!(s.listen.port(), 9000);
-        assert_eq!(s.limits.outbound_queue, 20);
+        assert_eq!(s.limits.outbound_queue_bytes, 2_000_000);
         assert_eq!(s.limits.max_subscriptions, 3);
     }
 
     #[test]
     fn every_error_is_reported_at_once() {
         let file: FileConfig =
-            toml::from_str("listen = \"nowhere\"\n[limits]\noutbound_queue = 0\nmax_frame_bytes = 0\n")
+            toml::from_str("listen = \"nowhere\"\n[limits]\noutbound_queue_bytes = 0\nmax_frame_bytes = 0\n")
                 .unwrap();
         let err = Settings::resolve(file, &Overrides::default()).unwrap_err();
-        assert_eq!(err.0.len(), 3, "{err}");
+        // listen; max_frame_bytes zero; outbound_queue_bytes zero, and too
+        // small for a frame, a turn and the operator buffer.
+        assert_eq!(err.0.len(), 6, "{err}");
+    }
+
+    #[test]
+    fn sizes_that_cannot_work_together_are_refused() {
+        let file: FileConfig = toml::from_str(
+            "[limits]\noutbound_queue_bytes = 300000\n[operators]\nmax_turn_bytes = 400000\nbuffer_bytes = 100000\n",
+        )
+        .unwrap();
+        let err = Settings::resolve(file, &Overrides::default()).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].contains("max_turn_bytes"), "{err}");
+    }
+
+    #[test]
+    fn renamed_settings_say_so() {
+        let file: FileConfig =
+            toml::from_str("[limits]\noutbound_queue = 8\n[operators]\nbuffer = 10\n").unwrap();
+        let err = Settings::resolve(file, &Overrides::default()).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.0[0].contains("outbound_queue_bytes"), "{err}");
     }
 
     #[test]

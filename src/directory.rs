@@ -11,6 +11,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::{Deserialize, Serialize};
 use switchboard_actors::RollupRule;
+use switchboard_actors::limits::MAX_ROLLUP;
 use switchboard_proto::{ChannelPattern, OrgId};
 
 /// An org as the config file describes it.
@@ -187,11 +188,15 @@ impl OrgRecord {
         let mut rollup = Vec::new();
         for r in &c.rollup {
             match ChannelPattern::new(&r.channels) {
-                Ok(channels) if r.window_ms <= 10_000 => rollup.push(RollupRule {
+                Ok(channels) if Duration::from_millis(r.window_ms) <= MAX_ROLLUP => rollup.push(RollupRule {
                     channels,
                     window: Duration::from_millis(r.window_ms),
                 }),
-                Ok(_) => errors.push(format!("{}: window_ms is at most 10000", at("rollup"))),
+                Ok(_) => errors.push(format!(
+                    "{}: window_ms is at most {}",
+                    at("rollup"),
+                    MAX_ROLLUP.as_millis()
+                )),
                 Err(e) => errors.push(format!("{}: {e}", at("rollup"))),
             }
         }

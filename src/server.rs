@@ -14,6 +14,8 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use switchboard_actors::{CloseReason, Hub, InProcess, Tree};
+
+use crate::ws::socket::Heartbeat;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,7 +24,6 @@ use crate::config::Settings;
 use crate::http::{App, router};
 use crate::tickets::TicketKey;
 use crate::ws::WsSettings;
-use crate::ws::socket::Heartbeat;
 
 /// A client has this long to send its request headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,14 +34,14 @@ const TURN_DRAIN_POLL: Duration = Duration::from_millis(50);
 /// How often recorded histogram samples are folded in (bounded memory
 /// whether or not `/metrics` is scraped).
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// How often forgotten channels are swept from in-memory history.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the backplane does its upkeep (the in-process one forgets
+/// channels that retain nothing).
+const MAINTAIN_INTERVAL: Duration = Duration::from_secs(30);
 
 pub struct Server {
     listener: TcpListener,
     app: Arc<App>,
     tree: Tree,
-    memory: Arc<InProcess>,
     settings: Settings,
 }
 
@@ -50,9 +51,9 @@ impl Server {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let hub = Arc::new(Hub::new(settings.limits.outbound_queue));
+        let hub = Arc::new(Hub::new());
         let memory = Arc::new(InProcess::new(Arc::clone(&hub), settings.history));
-        let tree = Tree::start(hub, memory.clone(), memory.clone(), settings.limits.clone()).await?;
+        let tree = Tree::start(hub, memory.clone(), memory, settings.limits.clone()).await?;
         let app = Arc::new(App {
             services: Arc::clone(tree.services()),
             directory: Arc::new(settings.orgs.clone()),
@@ -62,6 +63,7 @@ impl Server {
                 heartbeat: Heartbeat {
                     ping_interval: settings.ping_interval,
                     idle_timeout: settings.idle_timeout,
+                    frame_timeout: settings.frame_timeout,
                 },
             },
             max_connections: settings.max_connections,
@@ -74,7 +76,6 @@ impl Server {
             listener,
             app,
             tree,
-            memory,
             settings,
         })
     }
@@ -93,16 +94,16 @@ impl Server {
         let cancel = CancellationToken::new();
         let http = TaskTracker::new();
         let routes = router(Arc::clone(&self.app));
-        let memory = Arc::clone(&self.memory);
-        let sweeper_cancel = cancel.clone();
+        let channels = Arc::clone(&self.app.services.channels);
+        let upkeep_cancel = cancel.clone();
         let prometheus = self.app.prometheus.clone();
         http.spawn(async move {
-            let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+            let mut maintain = tokio::time::interval(MAINTAIN_INTERVAL);
             let mut upkeep = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
             loop {
                 tokio::select! {
-                    _ = sweeper_cancel.cancelled() => return,
-                    _ = sweep.tick() => { memory.sweep(); }
+                    _ = upkeep_cancel.cancelled() => return,
+                    _ = maintain.tick() => channels.maintain(),
                     // Histogram samples pile up until drained; nobody may be scraping.
                     _ = upkeep.tick() => prometheus.run_upkeep(),
                 }
@@ -161,12 +162,12 @@ impl Server {
         drop(self.listener);
         // Agent replies in flight get the grace period to finish before
         // their watchers are sent away.
-        while self.app.services.live_turns() > 0 && tokio::time::Instant::now() < deadline {
+        while self.app.services.sessions.live_turns() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(TURN_DRAIN_POLL).await;
         }
-        if self.app.services.live_turns() > 0 {
+        if self.app.services.sessions.live_turns() > 0 {
             tracing::warn!(
-                turns = self.app.services.live_turns(),
+                turns = self.app.services.sessions.live_turns(),
                 "turns still live at the end of the grace period"
             );
         }

@@ -117,33 +117,50 @@ async fn history_pages_through_what_was_published() {
     }
     let key = Some(server.api_key("acme"));
     let history = |q: &str| server.url(&format!("/v1/orgs/acme/channels/news/history{q}"));
+    let offsets = |page: &serde_json::Value| -> Vec<u64> {
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["offset"].as_u64().unwrap())
+            .collect()
+    };
     let (status, page) = get(&history("?since=5&limit=2"), key).await;
     assert_eq!(status, 200);
-    let offsets: Vec<u64> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["offset"].as_u64().unwrap())
-        .collect();
-    assert_eq!(offsets, vec![6, 7]);
+    assert_eq!(offsets(&page), vec![6, 7]);
     assert_eq!(
         (
             page["top"].as_u64(),
+            page["first"].as_u64(),
             page["complete"].as_bool(),
             page["more"].as_bool()
         ),
-        (Some(8), Some(true), Some(true))
+        (Some(8), Some(4), Some(true), Some(true))
     );
     assert_eq!(page["messages"][0]["data"], json!({"n": 6}));
-    // Offsets 1-3 were trimmed (5 kept): reading from 0 is not complete.
+    // Without `since`: the retained tail (1-3 were trimmed, 5 kept), and where it starts.
     let (_, page) = get(&history(""), key).await;
+    assert_eq!(offsets(&page), vec![4, 5, 6, 7, 8]);
+    assert_eq!(
+        (page["first"].as_u64(), page["complete"].as_bool()),
+        (Some(4), Some(true))
+    );
+    let (_, page) = get(&history("?limit=2"), key).await;
+    assert_eq!(offsets(&page), vec![7, 8], "the newest two");
+    // From 0, offsets 1-3 are gone: not complete, and nothing is pretended.
+    let (_, page) = get(&history("?since=0"), key).await;
     assert_eq!(page["complete"], json!(false));
-    assert_eq!(page["messages"].as_array().unwrap().len(), 0);
+    assert_eq!(offsets(&page), Vec::<u64>::new());
     // A channel nobody used: empty, complete.
     let (status, page) = get(&server.url("/v1/orgs/acme/channels/nothing/history"), key).await;
     assert_eq!(
-        (status, page["top"].as_u64(), page["complete"].as_bool()),
-        (200, Some(0), Some(true))
+        (
+            status,
+            page["top"].as_u64(),
+            page["complete"].as_bool(),
+            &page["first"]
+        ),
+        (200, Some(0), Some(true), &json!(null))
     );
     // Refusals.
     assert_eq!(get(&history(""), None).await.0, 401);

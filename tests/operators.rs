@@ -322,7 +322,8 @@ async fn sessions_without_a_socket_expire_and_free_their_roles() {
 
 #[tokio::test]
 async fn a_full_buffer_refuses_senders_and_tells_the_operator() {
-    let server = TestServer::start_with(|c| c.operators.buffer = Some(2)).await;
+    // Room for two of the frames below (~92 bytes each, as queues count them), not three.
+    let server = TestServer::start_with(|c| c.operators.buffer_bytes = Some(200)).await;
     let s = mint_ok(&server, "acme", &["main-ai"]).await;
     let mut alice = Client::connect_all(&server, "acme").await;
     for n in 1..=2 {

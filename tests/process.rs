@@ -134,13 +134,13 @@ fn a_bad_config_reports_every_problem_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("bad.toml"),
-        "listen = \"nowhere\"\n[limits]\noutbound_queue = 0\n[[orgs]]\nid = \"a b\"\n",
+        "listen = \"nowhere\"\n[limits]\noutbound_queue_bytes = 0\n[[orgs]]\nid = \"a b\"\n",
     )
     .unwrap();
     let out = run(dir.path(), &["serve", "--config", "bad.toml"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    for needle in ["listen", "outbound_queue", "org id"] {
+    for needle in ["listen", "outbound_queue_bytes", "org id"] {
         assert!(err.contains(needle), "{needle} not reported in:\n{err}");
     }
     std::fs::write(dir.path().join("typo.toml"), "[limits]\noutbound_qeue = 5\n").unwrap();

@@ -18,8 +18,8 @@ const PAYLOAD: usize = 100_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_and_nobody_else_waits() {
     let server = TestServer::start_with(|c| {
-        c.limits.outbound_queue = Some(8);
-        c.limits.max_frame_bytes = Some(1 << 20);
+        c.limits.outbound_queue_bytes = Some(800_000);
+        c.limits.max_frame_bytes = Some(200_000);
     })
     .await;
     let token = token("acme", "watcher", &["firehose"], &[]);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use switchboard_proto::{ErrorCode, RequestId, ServerFrame, TurnStatus};
+use switchboard_proto::{ErrorCode, RequestId, ServerFrame, TurnFailure, TurnStatus};
 
 async fn start_turn(op: &mut Client, id: u64, turn: &str, channel: &str) -> u64 {
     op.send(json!({"type": "turn_start", "id": id, "turn": turn, "channel": channel}))
@@ -278,7 +278,7 @@ async fn a_turn_whose_operator_does_not_come_back_ends_with_operator_gone() {
     ));
     assert!(matches!(watcher.channel_event().await, ServerFrame::Token { .. }));
     match watcher.channel_event().await {
-        ServerFrame::TurnError { reason, .. } => assert_eq!(reason, "operator_gone"),
+        ServerFrame::TurnError { reason, .. } => assert_eq!(reason, TurnFailure::OperatorGone),
         other => panic!("{}", other.to_json()),
     }
     let mut replay = Client::connect_all(&server, "acme").await;
@@ -293,8 +293,8 @@ async fn a_turn_whose_operator_does_not_come_back_ends_with_operator_gone() {
             text, status, reason, ..
         } => {
             assert_eq!(
-                (text.as_str(), status, reason.as_deref()),
-                ("half a rep", TurnStatus::Error, Some("operator_gone"))
+                (text.as_str(), status, reason),
+                ("half a rep", TurnStatus::Error, Some(TurnFailure::OperatorGone))
             )
         }
         other => panic!("{}", other.to_json()),
@@ -360,8 +360,8 @@ async fn deleting_the_session_ends_its_turns_and_generation_outlives_the_browser
     match later.channel_event().await {
         ServerFrame::Turn { text, reason, .. } => {
             assert_eq!(
-                (text.as_str(), reason.as_deref()),
-                ("nobody saw this live", Some("operator_gone"))
+                (text.as_str(), reason),
+                ("nobody saw this live", Some(TurnFailure::OperatorGone))
             )
         }
         other => panic!("{}", other.to_json()),

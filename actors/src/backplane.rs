@@ -1,13 +1,14 @@
 //! The capabilities the hub and the actors need from the outside: a
 //! [`Backplane`] that orders and spreads publishes, and a [`History`] that
 //! replays them. The in-process implementation is [`crate::memory`]; cluster
-//! mode implements both over NATS in `src`.
+//! mode implements both over NATS in `src`. Callers reach them through
+//! [`crate::Channels`].
 
 use std::future::Future;
 use std::pin::Pin;
 
 use serde_json::value::RawValue;
-use switchboard_proto::{Epoch, TurnId};
+use switchboard_proto::{Epoch, ErrorCode, TurnFailure, TurnId};
 
 use crate::hub::{ChannelKey, Offsetted};
 
@@ -23,6 +24,7 @@ pub struct Published {
 #[derive(Debug, thiserror::Error)]
 pub enum BackplaneError {
     /// The backplane cannot be reached or refused the operation; retryable.
+    /// The detail is for the server's log, never for a caller.
     #[error("backplane unavailable: {0}")]
     Unavailable(String),
     /// A turn with this id is already live on the channel.
@@ -31,6 +33,30 @@ pub enum BackplaneError {
     /// No live turn with this id on the channel.
     #[error("no live turn {0} on this channel")]
     NoSuchTurn(TurnId),
+    /// The channel already streams this many turns at once.
+    #[error("this channel already has {0} live turns")]
+    TooManyTurns(usize),
+}
+
+impl BackplaneError {
+    /// The protocol error code a caller gets for this.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BackplaneError::Unavailable(_) => ErrorCode::Unavailable,
+            BackplaneError::TurnExists(_) => ErrorCode::Conflict,
+            BackplaneError::NoSuchTurn(_) => ErrorCode::NotFound,
+            BackplaneError::TooManyTurns(_) => ErrorCode::LimitExceeded,
+        }
+    }
+
+    /// What a caller may be told: everything but the internal detail of an
+    /// unavailable backplane.
+    pub fn public_message(&self) -> String {
+        match self {
+            BackplaneError::Unavailable(_) => "the channel is unavailable right now; retry".into(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// What can be appended to a channel.
@@ -42,10 +68,10 @@ pub enum Event<'a> {
     /// Text appended to a live turn.
     Token(&'a TurnId, &'a str),
     TurnEnd(&'a TurnId),
-    /// The turn failed; `reason` is `operator` or `operator_gone`.
+    /// The turn failed.
     TurnError {
         turn: &'a TurnId,
-        reason: &'a str,
+        reason: TurnFailure,
         message: Option<&'a str>,
     },
 }
@@ -69,18 +95,37 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Stops bringing `key`'s messages here (no local subscriber is left).
     fn detach(&self, key: &ChannelKey);
+
+    /// Periodic upkeep (forgetting what nothing needs any more), run by the
+    /// server about every half minute.
+    fn maintain(&self) {}
+}
+
+/// Where a history read starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Position {
+    /// Nothing retained, only the snapshots of live turns: what a plain
+    /// subscribe replays, so a joiner sees a reply in progress.
+    Live,
+    /// Everything after this offset: a resume, or a page of history.
+    After(u64),
+    /// The newest retained messages (and live turns).
+    Tail,
 }
 
 /// One read of a channel's history.
 #[derive(Clone, Debug)]
 pub struct HistoryRead {
     pub epoch: Epoch,
-    /// The offset of the newest message (0 when there has been none).
+    /// The offset of the newest message: the position the live stream
+    /// continues from.
     pub top: u64,
-    /// Whether every message after the requested `since` is still retained
-    /// (always true when no `since` was asked for).
+    /// The oldest offset still retained, if anything is.
+    pub first: Option<u64>,
+    /// Whether every message after the requested offset is still retained
+    /// (always true for [`Position::Live`] and [`Position::Tail`]).
     pub complete: bool,
-    /// What came after `since`, in offset order, at most the requested limit:
+    /// What the read covers, in offset order, at most the requested limit:
     /// messages, finished turns as one message each, and live turns as a
     /// snapshot of their text so far.
     pub messages: Vec<Offsetted>,
@@ -90,12 +135,13 @@ pub struct HistoryRead {
 
 /// Reads what a channel retained.
 pub trait History: Send + Sync + 'static {
-    /// The channel's position and, with `since`, up to `limit` messages
-    /// after it, read atomically with respect to publishes.
+    /// The channel's position and up to `limit` messages from `from`, read
+    /// atomically with respect to publishes. Reading never creates state for
+    /// a channel nobody published on.
     fn read<'a>(
         &'a self,
         key: &'a ChannelKey,
-        since: Option<u64>,
+        from: Position,
         limit: usize,
     ) -> BoxFuture<'a, Result<HistoryRead, BackplaneError>>;
 }

@@ -4,24 +4,24 @@
 //! and calls in here one frame at a time, so a client is back-pressured by its
 //! own requests.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use switchboard_proto::client::Target;
 use switchboard_proto::{
-    Ack, ChannelName, ClientFrame, ConnId, ErrorCode, From, Grants, OrgId, PreparedFrame, Recover, RequestId,
-    ServerFrame, Subject,
+    Ack, ChannelName, ClientFrame, ConnId, ErrorCode, From, Grants, OrgId, Recover, RequestId, ServerFrame,
+    Subject,
 };
 
-use crate::backplane::{BoxFuture, Event};
-use crate::hub::{ChannelKey, HubError};
+use crate::backplane::{BoxFuture, Event, Position};
+use crate::channels::Channels;
+use crate::clock::{RateLimiter, rate_limiter};
+use crate::hub::{HubError, Live, Offsetted};
 use crate::link::{FrameHandler, Supervised};
 use crate::org::OrgHandle;
 use crate::session::{Offline, SessionMsg};
-use crate::sink::Sink;
+use crate::sink::{Sink, offer_paced};
 use crate::telemetry;
 use crate::tree::Services;
 
@@ -42,14 +42,10 @@ pub struct ConnShared {
     /// A short list: most connections hold one to three subscriptions, and
     /// a `Vec` costs far less per idle connection than a hash set.
     subscriptions: Mutex<Vec<ChannelName>>,
-    services: Arc<Services>,
+    channels: Arc<Channels>,
 }
 
 impl ConnShared {
-    fn key(&self, channel: &ChannelName) -> ChannelKey {
-        ChannelKey::new(self.org.org().clone(), channel.clone())
-    }
-
     /// Drops `channel` from the subscription list; false if it was not there.
     fn forget(&self, channel: &ChannelName) -> bool {
         let mut subs = self.subscriptions.lock();
@@ -62,7 +58,7 @@ impl ConnShared {
 
     /// Leaves `channel` in the hub; tells the org when it was the last local subscriber.
     fn leave(&self, channel: &ChannelName) {
-        if self.services.hub.leave(&self.key(channel), self.id) {
+        if self.channels.hub().leave(&self.org.key(channel), self.id) {
             self.org.reconcile(channel);
         }
         telemetry::subscriptions(-1.0);
@@ -84,7 +80,7 @@ impl Supervised for ConnShared {
         for channel in &channels {
             self.leave(channel);
         }
-        self.services.release_org(self.org.org());
+        self.org.release();
     }
 }
 
@@ -92,7 +88,9 @@ pub struct Connection {
     shared: Arc<ConnShared>,
     subject: Subject,
     grants: Grants,
-    limiter: Option<DefaultDirectRateLimiter>,
+    publishes: Option<RateLimiter>,
+    subscribes: Option<RateLimiter>,
+    services: Arc<Services>,
 }
 
 impl Connection {
@@ -104,21 +102,19 @@ impl Connection {
         services: Arc<Services>,
     ) -> Self {
         let limits = &services.limits;
-        let limiter = NonZeroU32::new(limits.publish_rate).map(|rate| {
-            let burst = NonZeroU32::new(limits.publish_burst).unwrap_or(rate);
-            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
-        });
         Self {
+            publishes: rate_limiter(limits.publish_rate, limits.publish_burst),
+            subscribes: rate_limiter(limits.subscribe_rate, limits.subscribe_burst),
             shared: Arc::new(ConnShared {
                 id,
                 sink,
                 org,
                 subscriptions: Mutex::new(Vec::new()),
-                services,
+                channels: Arc::clone(&services.channels),
             }),
             subject: identity.subject,
             grants: identity.grants,
-            limiter,
+            services,
         }
     }
 
@@ -130,48 +126,8 @@ impl Connection {
         &self.subject
     }
 
-    pub fn shared(&self) -> &Arc<ConnShared> {
-        &self.shared
-    }
-
-    fn services(&self) -> &Services {
-        &self.shared.services
-    }
-
     fn reply(&self, frame: ServerFrame) {
-        // A refused reply means the connection is closing; nothing to do.
-        let _ = self.shared.sink.offer(&frame.prepare());
-    }
-
-    fn error(&self, id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) {
-        telemetry::client_error(code);
-        self.reply(ServerFrame::error(id, code, message));
-    }
-
-    /// Handles one complete text frame.
-    pub async fn on_text(&mut self, payload: &[u8]) {
-        match ClientFrame::decode(payload) {
-            Ok(frame) => self.on_frame(frame).await,
-            Err(e) => self.error(e.id, e.code, e.message),
-        }
-    }
-
-    /// Binary frames are not part of the protocol.
-    pub fn on_binary(&self) {
-        self.error(
-            None,
-            ErrorCode::ValidationError,
-            "binary frames are not supported; send JSON text frames",
-        );
-    }
-
-    /// A frame larger than the limit was skipped without being read.
-    pub fn on_oversized(&self, len: u64, max: usize) {
-        self.error(
-            None,
-            ErrorCode::FrameTooLarge,
-            format!("frame of {len} bytes exceeds the limit of {max} bytes; it was discarded"),
-        );
+        self.write(&frame.prepare());
     }
 
     async fn on_frame(&mut self, frame: ClientFrame) {
@@ -191,18 +147,25 @@ impl Connection {
 
     async fn subscribe(&mut self, id: RequestId, channel: ChannelName, recover: Option<Recover>) {
         if !self.grants.may_subscribe(&channel) {
-            return self.error(
+            return self.refuse(
                 Some(id),
                 ErrorCode::Forbidden,
                 format!("not allowed to subscribe to {channel}"),
             );
         }
-        let max = self.services().limits.max_subscriptions;
+        if limited(&self.subscribes) {
+            return self.refuse(
+                Some(id),
+                ErrorCode::RateLimited,
+                "subscribe rate exceeded; slow down".into(),
+            );
+        }
+        let max = self.services.limits.max_subscriptions;
         {
             let mut subs = self.shared.subscriptions.lock();
             if subs.contains(&channel) {
                 drop(subs);
-                return self.error(
+                return self.refuse(
                     Some(id),
                     ErrorCode::AlreadySubscribed,
                     format!("already subscribed to {channel}"),
@@ -210,7 +173,7 @@ impl Connection {
             }
             if subs.len() >= max {
                 drop(subs);
-                return self.error(
+                return self.refuse(
                     Some(id),
                     ErrorCode::LimitExceeded,
                     format!("at most {max} subscriptions per connection"),
@@ -224,7 +187,7 @@ impl Connection {
             Ok(()) => {}
             Err(HubError::Gone) => {} // cut off while catching up; the socket is closing
             // The connection's own set said no; only this connection joins under its id.
-            Err(HubError::AlreadySubscribed) => self.error(
+            Err(HubError::AlreadySubscribed) => self.refuse(
                 Some(id),
                 ErrorCode::AlreadySubscribed,
                 format!("already subscribed to {channel}"),
@@ -232,48 +195,37 @@ impl Connection {
         }
     }
 
-    /// Joins the hub pending, attaches the channel, reads history, then goes
-    /// live with the ack and the replay. On failure the subscription is undone
-    /// and the client told why.
+    /// Undoes a subscription that could not be completed and says why.
+    fn undo(&self, id: &RequestId, channel: &ChannelName, code: ErrorCode, message: String) {
+        self.shared.forget(channel);
+        self.shared.leave(channel);
+        self.refuse(Some(id.clone()), code, message);
+    }
+
+    /// Joins the hub pending, attaches the channel, reads history, then
+    /// writes the ack, the replay (paced by how fast the client reads) and
+    /// what arrived meanwhile, and goes live.
     async fn join(
         &mut self,
         id: &RequestId,
         channel: &ChannelName,
         recover: Option<Recover>,
     ) -> Result<(), HubError> {
-        let key = self.shared.key(channel);
-        let services = Arc::clone(&self.shared.services);
-        let first = services
-            .hub
-            .join(&key, self.shared.id, Arc::clone(&self.shared.sink))?;
-        let undo = |this: &Self, code: ErrorCode, message: String| {
-            this.shared.forget(channel);
-            this.shared.leave(channel);
-            this.error(Some(id.clone()), code, message);
-        };
+        let key = self.shared.org.key(channel);
+        let channels = Arc::clone(&self.shared.channels);
+        let conn = self.shared.id;
+        let first = channels.hub().join(&key, conn, Arc::clone(&self.shared.sink))?;
         if first && let Err(e) = self.shared.org.attach(channel).await {
-            tracing::warn!(error = %e, "attach failed");
-            undo(
-                self,
-                ErrorCode::Unavailable,
-                format!("cannot subscribe to {channel} right now; retry"),
-            );
+            self.undo(id, channel, e.code(), e.public_message());
             return Ok(());
         }
-        let since = recover.as_ref().map(|r| r.since);
-        let read = match services
-            .history
-            .read(&key, since, services.limits.replay_limit)
-            .await
-        {
+        let from = recover
+            .as_ref()
+            .map_or(Position::Live, |r| Position::After(r.since));
+        let read = match channels.read(&key, from, self.services.limits.replay_limit).await {
             Ok(read) => read,
             Err(e) => {
-                tracing::warn!(error = %e, "history read failed");
-                undo(
-                    self,
-                    ErrorCode::Unavailable,
-                    format!("cannot read the history of {channel} right now; retry"),
-                );
+                self.undo(id, channel, e.code(), e.public_message());
                 return Ok(());
             }
         };
@@ -296,14 +248,37 @@ impl Connection {
             epoch: Some(read.epoch.clone()),
             recovered,
             ..Ack::new(id.clone())
-        })
-        .prepare();
-        services.hub.go_live(&key, self.shared.id, &ack, replay, read.top)
+        });
+        let sink = self.shared.sink.as_ref();
+        let gone = |_| HubError::Gone;
+        sink.offer(&ack.prepare()).map_err(gone)?;
+        offer_paced(sink, replay.iter().map(frame_of))
+            .await
+            .map_err(gone)?;
+        let mut top = read.top;
+        loop {
+            match channels.hub().go_live(&key, conn, top)? {
+                Live::Now => return Ok(()),
+                Live::Backlog(frames) => {
+                    offer_paced(sink, frames.iter().map(frame_of))
+                        .await
+                        .map_err(gone)?;
+                    top = frames.last().map_or(top, |(offset, _)| *offset);
+                }
+            }
+        }
     }
 
     fn unsubscribe(&mut self, id: RequestId, channel: ChannelName) {
+        if limited(&self.subscribes) {
+            return self.refuse(
+                Some(id),
+                ErrorCode::RateLimited,
+                "unsubscribe rate exceeded; slow down".into(),
+            );
+        }
         if !self.shared.forget(&channel) {
-            return self.error(
+            return self.refuse(
                 Some(id),
                 ErrorCode::NotFound,
                 format!("not subscribed to {channel}"),
@@ -316,48 +291,36 @@ impl Connection {
         }));
     }
 
-    fn rate_limited(&self) -> bool {
-        self.limiter.as_ref().is_some_and(|l| l.check().is_err())
-    }
-
     async fn publish(&mut self, id: RequestId, channel: ChannelName, data: &RawValue) {
         if !self.grants.may_publish(&channel) {
-            return self.error(
+            return self.refuse(
                 Some(id),
                 ErrorCode::Forbidden,
                 format!("not allowed to publish on {channel}"),
             );
         }
-        if self.rate_limited() {
-            return self.error(
+        if limited(&self.publishes) {
+            return self.refuse(
                 Some(id),
                 ErrorCode::RateLimited,
-                "publish rate exceeded; slow down",
+                "publish rate exceeded; slow down".into(),
             );
         }
-        let key = self.shared.key(&channel);
-        match self
-            .services()
-            .backplane
-            .publish(&key, Event::Message(data))
-            .await
-        {
+        let key = self.shared.org.key(&channel);
+        match self.shared.channels.publish(&key, Event::Message(data)).await {
             Ok(published) => self.reply(ServerFrame::Ack(Ack {
                 channel: Some(channel),
                 offset: Some(published.offset),
                 epoch: Some(published.epoch),
                 ..Ack::new(id)
             })),
-            Err(e) => {
-                tracing::warn!(error = %e, "publish failed");
-                self.error(Some(id), ErrorCode::Unavailable, "publish failed; retry")
-            }
+            Err(e) => self.refuse(Some(id), e.code(), e.public_message()),
         }
     }
 
     async fn send(&mut self, id: RequestId, to: Target, reply_to: Option<ChannelName>, data: Box<RawValue>) {
         if !self.grants.may_send(&to) {
-            return self.error(
+            return self.refuse(
                 Some(id),
                 ErrorCode::Forbidden,
                 format!("not allowed to send to {to}"),
@@ -366,17 +329,21 @@ impl Connection {
         if let Some(channel) = &reply_to
             && !self.grants.may_subscribe(channel)
         {
-            return self.error(
+            return self.refuse(
                 Some(id),
                 ErrorCode::Forbidden,
                 format!("reply_to {channel} must be a channel you may subscribe to"),
             );
         }
-        if self.rate_limited() {
-            return self.error(Some(id), ErrorCode::RateLimited, "send rate exceeded; slow down");
+        if limited(&self.publishes) {
+            return self.refuse(
+                Some(id),
+                ErrorCode::RateLimited,
+                "send rate exceeded; slow down".into(),
+            );
         }
         let not_found = |this: &Self, id| {
-            this.error(
+            this.refuse(
                 Some(id),
                 ErrorCode::NotFound,
                 format!("no live operator session for {to}"),
@@ -396,7 +363,7 @@ impl Connection {
         .prepare();
         match ractor::call!(session, SessionMsg::FromClient, frame) {
             Ok(Ok(())) => self.reply(ServerFrame::Ack(Ack::new(id))),
-            Ok(Err(Offline)) => self.error(
+            Ok(Err(Offline)) => self.refuse(
                 Some(id),
                 ErrorCode::Unavailable,
                 format!("{to} is offline and its buffer is full; retry later"),
@@ -405,28 +372,31 @@ impl Connection {
             Err(_) => not_found(self, id),
         }
     }
+}
 
-    /// Writes a frame built elsewhere (e.g. a close frame) in order.
-    pub fn write(&self, frame: &PreparedFrame) {
-        let _ = self.shared.sink.offer(frame);
-    }
+/// A named function rather than a closure: an async caller's future must be
+/// `Send` for every lifetime, which closures over references do not prove.
+fn frame_of((_, frame): &Offsetted) -> &switchboard_proto::PreparedFrame {
+    frame
+}
+
+/// Whether a request is over its rate (never, without a limiter).
+fn limited(limiter: &Option<RateLimiter>) -> bool {
+    limiter.as_ref().is_some_and(|l| l.check().is_err())
 }
 
 impl FrameHandler for Connection {
     fn on_text<'a>(&'a mut self, payload: &'a [u8]) -> BoxFuture<'a, ()> {
-        Box::pin(Connection::on_text(self, payload))
+        Box::pin(async move {
+            match ClientFrame::decode(payload) {
+                Ok(frame) => self.on_frame(frame).await,
+                Err(e) => self.refuse(e.id, e.code, e.message),
+            }
+        })
     }
 
-    fn on_binary(&self) {
-        Connection::on_binary(self)
-    }
-
-    fn on_oversized(&self, len: u64, max: usize) {
-        Connection::on_oversized(self, len, max)
-    }
-
-    fn write(&self, frame: &PreparedFrame) {
-        Connection::write(self, frame)
+    fn sink(&self) -> &Arc<dyn Sink> {
+        &self.shared.sink
     }
 
     fn supervised(&self) -> Arc<dyn Supervised> {

@@ -100,8 +100,9 @@ impl Actor for Connections {
                 let _ = reply.send(state.live.len());
             }
             ConnectionsMsg::Heartbeat => {
+                let now = crate::clock::now();
                 for shared in state.live.values() {
-                    shared.sink().heartbeat();
+                    shared.sink().heartbeat(now);
                 }
             }
         }

@@ -4,8 +4,9 @@
 //! Channels live in a sharded map (no global lock); each channel's subscriber
 //! list has its own lock, held while a message fans out, so every subscriber
 //! sees a channel's messages in the order they were delivered to the hub. A
-//! subscriber joins *pending*: live frames are buffered for it until it has
-//! been sent its replay from history, which is what makes resume exact.
+//! subscriber joins *pending*: live frames are buffered for it (bounded by
+//! its sink's queue bound, in bytes) until it has been sent its replay from
+//! history, which is what makes resume exact.
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use indexmap::IndexMap;
 use parking_lot::Mutex;
 use switchboard_proto::{ChannelName, ConnId, OrgId, PreparedFrame};
 
-use crate::sink::{CloseReason, Refused, Sink};
+use crate::sink::{CloseReason, Refused, Sink, charge};
 use crate::telemetry;
 
 /// A channel inside an org: the unit of ordering and fan-out.
@@ -28,16 +29,28 @@ impl ChannelKey {
     pub fn new(org: OrgId, channel: ChannelName) -> Self {
         Self { org, channel }
     }
+
+    /// `channel` of `org`, from borrowed parts.
+    pub fn of(org: &OrgId, channel: &ChannelName) -> Self {
+        Self::new(org.clone(), channel.clone())
+    }
 }
 
 /// A message with its offset, as history returns it and as pending
 /// subscribers buffer it.
 pub type Offsetted = (u64, PreparedFrame);
 
+/// Live frames a pending subscriber has not been given yet.
+#[derive(Default)]
+struct Backlog {
+    frames: Vec<Offsetted>,
+    bytes: usize,
+}
+
 struct Subscriber {
     sink: Arc<dyn Sink>,
     /// `Some` while the subscriber waits for its replay: live frames park here.
-    pending: Option<Vec<Offsetted>>,
+    pending: Option<Box<Backlog>>,
 }
 
 #[derive(Default)]
@@ -67,40 +80,54 @@ pub struct Fanout {
     pub dropped: usize,
 }
 
+/// What [`Hub::go_live`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Live {
+    /// The subscriber is live: what it had buffered was offered, newer
+    /// frames go straight to it.
+    Now,
+    /// It had buffered too much to offer at once: here are those frames
+    /// (after the offset asked for). It stays pending; offer them paced and
+    /// ask again from the last one's offset.
+    Backlog(Vec<Offsetted>),
+}
+
+#[derive(Default)]
 pub struct Hub {
     channels: DashMap<ChannelKey, Arc<Mutex<Subscribers>>>,
-    /// How many live frames a pending subscriber may buffer before it is cut
-    /// off as a slow consumer (the same bound as a connection's queue).
-    pending_limit: usize,
 }
 
 impl Hub {
-    pub fn new(pending_limit: usize) -> Self {
-        Self {
-            channels: DashMap::new(),
-            pending_limit,
-        }
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn list(&self, key: &ChannelKey) -> Option<Arc<Mutex<Subscribers>>> {
+        self.channels.get(key).map(|e| Arc::clone(e.value()))
     }
 
     /// Hands `frame` (the message at `offset`) to every local subscriber of
     /// `key`. Callers deliver a channel's messages in offset order, one at a
     /// time; the hub keeps that order per subscriber.
     pub fn deliver(&self, key: &ChannelKey, offset: u64, frame: &PreparedFrame) -> Fanout {
-        let Some(list) = self.channels.get(key).map(|e| Arc::clone(e.value())) else {
+        let Some(list) = self.list(key) else {
             return Fanout::default();
         };
         let mut list = list.lock();
         let mut out = Fanout::default();
-        let limit = self.pending_limit;
         list.by_conn.retain(|_, sub| {
             let kept = match &mut sub.pending {
-                Some(buf) if buf.len() < limit => {
-                    buf.push((offset, frame.clone()));
-                    true
-                }
-                Some(_) => {
-                    sub.sink.close(CloseReason::SlowConsumer);
-                    false
+                Some(backlog) => {
+                    let cost = charge(frame);
+                    if backlog.bytes + cost <= sub.sink.capacity() {
+                        backlog.bytes += cost;
+                        backlog.frames.push((offset, frame.clone()));
+                        true
+                    } else {
+                        telemetry::slow_consumer();
+                        sub.sink.close(CloseReason::SlowConsumer);
+                        false
+                    }
                 }
                 None => match sub.sink.offer(frame) {
                     Ok(()) => {
@@ -134,47 +161,44 @@ impl Hub {
                 conn,
                 Subscriber {
                     sink,
-                    pending: Some(Vec::new()),
+                    pending: Some(Box::default()),
                 },
             );
             return Ok(first);
         }
     }
 
-    /// Makes a pending subscriber live: writes `ack`, then `replay`, then the
-    /// live frames it buffered that come after `top` (the offset the replay
-    /// reached), all before any newer frame can be delivered to it.
-    pub fn go_live(
-        &self,
-        key: &ChannelKey,
-        conn: ConnId,
-        ack: &PreparedFrame,
-        replay: &[Offsetted],
-        top: u64,
-    ) -> Result<(), HubError> {
-        let Some(list) = self.channels.get(key).map(|e| Arc::clone(e.value())) else {
-            return Err(HubError::Gone);
-        };
+    /// Makes a pending subscriber live once its replay reached `top`: the
+    /// frames it buffered after `top` are offered first, under the channel's
+    /// lock, so nothing newer can overtake them. A backlog that would fill
+    /// more than half of the sink's queue is handed back instead
+    /// ([`Live::Backlog`]), for the caller to write as the socket drains.
+    pub fn go_live(&self, key: &ChannelKey, conn: ConnId, top: u64) -> Result<Live, HubError> {
+        let list = self.list(key).ok_or(HubError::Gone)?;
         let mut list = list.lock();
-        let Some(sub) = list.by_conn.get_mut(&conn) else {
-            return Err(HubError::Gone);
-        };
-        let buffered = sub.pending.take().unwrap_or_default();
-        let written = std::iter::once(ack)
-            .chain(replay.iter().map(|(_, f)| f))
-            .chain(buffered.iter().filter(|(o, _)| *o > top).map(|(_, f)| f))
-            .try_for_each(|f| sub.sink.offer(f));
-        if written.is_err() {
-            list.by_conn.swap_remove(&conn);
-            return Err(HubError::Gone);
+        let sub = list.by_conn.get_mut(&conn).ok_or(HubError::Gone)?;
+        let backlog = sub.pending.replace(Box::default()).unwrap_or_default();
+        let newer: Vec<Offsetted> = backlog.frames.into_iter().filter(|(o, _)| *o > top).collect();
+        let bytes: usize = newer.iter().map(|(_, f)| charge(f)).sum();
+        if !newer.is_empty() && sub.sink.queued() + bytes > sub.sink.capacity() / 2 {
+            return Ok(Live::Backlog(newer));
         }
-        Ok(())
+        match newer.iter().try_for_each(|(_, f)| sub.sink.offer(f)) {
+            Ok(()) => {
+                sub.pending = None;
+                Ok(Live::Now)
+            }
+            Err(_) => {
+                list.by_conn.swap_remove(&conn);
+                Err(HubError::Gone)
+            }
+        }
     }
 
     /// Removes a subscriber (pending or live). Returns whether the channel has
     /// no local subscriber left.
     pub fn leave(&self, key: &ChannelKey, conn: ConnId) -> bool {
-        let Some(list) = self.channels.get(key).map(|e| Arc::clone(e.value())) else {
+        let Some(list) = self.list(key) else {
             return true;
         };
         let empty = {
@@ -237,6 +261,11 @@ mod tests {
         )
     }
 
+    /// Room for `n` of the test's messages.
+    fn room(n: usize) -> usize {
+        n * charge(&msg(&key("a"), 1000))
+    }
+
     fn offsets(sink: &MemorySink) -> Vec<u64> {
         sink.drain()
             .iter()
@@ -249,18 +278,16 @@ mod tests {
             .collect()
     }
 
-    fn live(hub: &Hub, k: &ChannelKey, conn: u64, cap: usize) -> Arc<MemorySink> {
-        let sink = Arc::new(MemorySink::new(cap));
+    fn live(hub: &Hub, k: &ChannelKey, conn: u64, frames: usize) -> Arc<MemorySink> {
+        let sink = Arc::new(MemorySink::new(room(frames)));
         hub.join(k, ConnId(conn), sink.clone()).unwrap();
-        let ack = msg(k, 0);
-        hub.go_live(k, ConnId(conn), &ack, &[], 0).unwrap();
-        sink.drain();
+        assert_eq!(hub.go_live(k, ConnId(conn), 0), Ok(Live::Now));
         sink
     }
 
     #[test]
     fn fans_out_in_order_to_every_subscriber() {
-        let hub = Hub::new(16);
+        let hub = Hub::new();
         let k = key("a");
         let sinks: Vec<_> = (0..50).map(|c| live(&hub, &k, c, 100)).collect();
         for o in 1..=10 {
@@ -273,10 +300,10 @@ mod tests {
     }
 
     #[test]
-    fn pending_subscriber_gets_ack_replay_then_newer_buffered() {
-        let hub = Hub::new(16);
+    fn pending_subscriber_gets_what_came_after_its_replay() {
+        let hub = Hub::new();
         let k = key("a");
-        let sink = Arc::new(MemorySink::new(100));
+        let sink = Arc::new(MemorySink::new(room(100)));
         assert!(hub.join(&k, ConnId(1), sink.clone()).unwrap());
         assert_eq!(
             hub.join(&k, ConnId(1), sink.clone()),
@@ -287,15 +314,36 @@ mod tests {
             hub.deliver(&k, o, &msg(&k, o));
         }
         assert!(sink.is_empty(), "pending subscribers get nothing yet");
-        let replay: Vec<_> = (3..=5).map(|o| (o, msg(&k, o))).collect();
-        hub.go_live(&k, ConnId(1), &msg(&k, 0), &replay, 5).unwrap();
+        assert_eq!(hub.go_live(&k, ConnId(1), 5), Ok(Live::Now));
         hub.deliver(&k, 7, &msg(&k, 7));
-        assert_eq!(offsets(&sink), vec![0, 3, 4, 5, 6, 7]);
+        assert_eq!(offsets(&sink), vec![6, 7]);
+    }
+
+    #[test]
+    fn a_large_backlog_is_handed_back_and_the_subscriber_stays_pending() {
+        let hub = Hub::new();
+        let k = key("a");
+        let sink = Arc::new(MemorySink::new(room(10)));
+        hub.join(&k, ConnId(1), sink.clone()).unwrap();
+        for o in 1..=8 {
+            hub.deliver(&k, o, &msg(&k, o));
+        }
+        let Ok(Live::Backlog(backlog)) = hub.go_live(&k, ConnId(1), 2) else {
+            panic!("eight frames do not fit half of a queue of ten");
+        };
+        assert_eq!(
+            backlog.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            (3..=8).collect::<Vec<_>>()
+        );
+        hub.deliver(&k, 9, &msg(&k, 9));
+        assert!(sink.is_empty(), "still pending while the backlog is written");
+        assert_eq!(hub.go_live(&k, ConnId(1), 8), Ok(Live::Now));
+        assert_eq!(offsets(&sink), vec![9]);
     }
 
     #[test]
     fn full_sink_is_dropped_and_others_continue() {
-        let hub = Hub::new(16);
+        let hub = Hub::new();
         let k = key("a");
         let slow = live(&hub, &k, 1, 2);
         let fast = live(&hub, &k, 2, 100);
@@ -311,23 +359,20 @@ mod tests {
 
     #[test]
     fn pending_overflow_cuts_the_subscriber_off() {
-        let hub = Hub::new(2);
+        let hub = Hub::new();
         let k = key("a");
-        let sink = Arc::new(MemorySink::new(100));
+        let sink = Arc::new(MemorySink::new(room(2)));
         hub.join(&k, ConnId(1), sink.clone()).unwrap();
         for o in 1..=3 {
             hub.deliver(&k, o, &msg(&k, o));
         }
         assert_eq!(sink.closed(), Some(CloseReason::SlowConsumer));
-        assert_eq!(
-            hub.go_live(&k, ConnId(1), &msg(&k, 0), &[], 0),
-            Err(HubError::Gone)
-        );
+        assert_eq!(hub.go_live(&k, ConnId(1), 0), Err(HubError::Gone));
     }
 
     #[test]
     fn leave_reports_last_and_forgets_the_channel() {
-        let hub = Hub::new(16);
+        let hub = Hub::new();
         let k = key("a");
         live(&hub, &k, 1, 10);
         live(&hub, &k, 2, 10);
@@ -338,12 +383,15 @@ mod tests {
         assert!(!hub.has_subscribers(&k));
         assert_eq!(hub.channel_count(), 0);
         // Joining again after the list was removed works.
-        assert!(hub.join(&k, ConnId(3), Arc::new(MemorySink::new(1))).unwrap());
+        assert!(
+            hub.join(&k, ConnId(3), Arc::new(MemorySink::new(room(1))))
+                .unwrap()
+        );
     }
 
     #[test]
     fn concurrent_join_and_leave_never_lose_a_subscriber() {
-        let hub = Arc::new(Hub::new(16));
+        let hub = Arc::new(Hub::new());
         let k = key("race");
         let threads: Vec<_> = (0..4)
             .map(|t| {
@@ -352,8 +400,8 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..2000u64 {
                         let conn = ConnId(t * 1_000_000 + i);
-                        hub.join(&k, conn, Arc::new(MemorySink::new(4))).unwrap();
-                        hub.go_live(&k, conn, &msg(&k, 0), &[], 0).unwrap();
+                        hub.join(&k, conn, Arc::new(MemorySink::new(room(4)))).unwrap();
+                        hub.go_live(&k, conn, 0).unwrap();
                         hub.leave(&k, conn);
                     }
                 })

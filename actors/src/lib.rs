@@ -14,16 +14,22 @@
 //!
 //! # Layout
 //! - [`hub`]: sharded channel → subscriber map and the fan-out loop.
-//! - [`sink`]: how the hub writes to a connection; [`sink::MemorySink`] for tests.
+//! - [`sink`]: how the hub writes to a connection (bounded in bytes);
+//!   [`sink::MemorySink`] for tests.
+//! - [`channels`]: the one home for publishing and reading channels.
 //! - [`backplane`]: the `Backplane` and `History` capabilities.
 //! - [`memory`]: the in-process backplane with bounded in-memory history.
 //! - [`connection`]: one client's protocol logic (subscribe/resume, publish, send).
 //! - [`session`], [`operator`]: operator sessions, their turns, their sockets;
-//!   [`session_store`]: what a session leaves behind to restart from.
+//!   [`sessions`]: how request paths reach them; [`session_store`]: what a
+//!   session leaves behind to restart from.
 //! - [`link`]: what a socket task needs from the protocol behind it.
+//! - [`clock`]: the one (pausable) clock every timer reads.
 //! - [`limits`], [`telemetry`]: settings the actors enforce, metric names.
 
 pub mod backplane;
+pub mod channels;
+pub mod clock;
 pub mod connection;
 pub mod connections;
 pub mod hub;
@@ -35,19 +41,22 @@ pub mod org;
 pub mod orgs;
 pub mod session;
 pub mod session_store;
+pub mod sessions;
 pub mod sink;
 pub mod telemetry;
 pub mod tree;
 
-pub use backplane::{Backplane, BackplaneError, Event, History, HistoryRead, Published};
+pub use backplane::{Backplane, BackplaneError, Event, History, HistoryRead, Position, Published};
+pub use channels::Channels;
 pub use connection::{Connection, Identity};
 pub use hub::{ChannelKey, Hub};
 pub use limits::Limits;
 pub use link::{FrameHandler, Supervised};
 pub use memory::{HistoryLimits, InProcess};
 pub use operator::OperatorLink;
-pub use org::MintError;
+pub use org::{MintError, OrgError};
 pub use session::SessionInfo;
 pub use session_store::{RollupRule, SessionRecord};
+pub use sessions::Sessions;
 pub use sink::{CloseReason, MemorySink, Refused, Sink};
 pub use tree::{Services, Tree, TreeError};

@@ -5,23 +5,53 @@
 
 use std::sync::Arc;
 
-use switchboard_proto::{ConnId, PreparedFrame};
+use switchboard_proto::{ConnId, ErrorCode, PreparedFrame, RequestId, ServerFrame};
 
 use crate::backplane::BoxFuture;
 use crate::sink::Sink;
+use crate::telemetry;
 
 /// The protocol logic behind one socket.
 pub trait FrameHandler: Send + 'static {
-    /// One complete text frame. The socket reads nothing else until it is done.
+    /// One complete text frame. The socket reads nothing else until it is
+    /// done (it keeps writing meanwhile).
     fn on_text<'a>(&'a mut self, payload: &'a [u8]) -> BoxFuture<'a, ()>;
-    /// Binary frames are not part of either protocol.
-    fn on_binary(&self);
-    /// A frame over the size limit was skipped unread.
-    fn on_oversized(&self, len: u64, max: usize);
-    /// Writes a frame built elsewhere (pong, ping) in order.
-    fn write(&self, frame: &PreparedFrame);
+
+    /// The socket's sink: replies go here, in order.
+    fn sink(&self) -> &Arc<dyn Sink>;
+
     /// The handle the `Connections` supervisor keeps.
     fn supervised(&self) -> Arc<dyn Supervised>;
+
+    /// Writes a frame built elsewhere (pong, ping) in order.
+    fn write(&self, frame: &PreparedFrame) {
+        // A refused frame means the socket is closing; nothing more to do.
+        let _ = self.sink().offer(frame);
+    }
+
+    /// Answers a refused request with an `error` frame.
+    fn refuse(&self, id: Option<RequestId>, code: ErrorCode, message: String) {
+        telemetry::client_error(code);
+        self.write(&ServerFrame::error(id, code, message).prepare());
+    }
+
+    /// Binary frames are not part of either protocol.
+    fn on_binary(&self) {
+        self.refuse(
+            None,
+            ErrorCode::ValidationError,
+            "binary frames are not supported; send JSON text frames".into(),
+        );
+    }
+
+    /// A frame over the size limit was skipped unread.
+    fn on_oversized(&self, len: u64, max: usize) {
+        self.refuse(
+            None,
+            ErrorCode::FrameTooLarge,
+            format!("frame of {len} bytes exceeds the limit of {max} bytes; it was discarded"),
+        );
+    }
 }
 
 /// What the `Connections` supervisor holds for each socket.

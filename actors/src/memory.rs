@@ -1,32 +1,66 @@
 //! The in-process backplane: one pod, offsets assigned here, a bounded
-//! in-memory history per channel (count and age limits). A channel's history
-//! gets a fresh random epoch whenever it is created, so a client resuming
-//! across a restart (or after an idle channel was forgotten) learns its
-//! offsets no longer apply.
+//! in-memory history per channel (count and age limits).
+//!
+//! Only a publish creates state. A channel nobody published on (or whose log
+//! was swept) costs nothing: reads answer for it from its epoch, derived
+//! from the org, the channel and this process's incarnation, and from a
+//! fixed table of sweep watermarks. When a log is swept, the watermark of
+//! its hash bucket rises to its newest offset; a channel's next log starts
+//! its offsets above that, so an (epoch, offset) pair never names two
+//! messages, and a client resuming from before a sweep learns it may have
+//! missed something (at worst a false `recovered:false` when another channel
+//! of its bucket was swept, never a false `true`).
 //!
 //! Turns are compacted: a live turn is kept as its text so far (replayed as
-//! one `turn_snapshot`), a finished one as one `turn` message at the offset
-//! of its end. Tokens are not kept one by one.
+//! one shared `turn_snapshot`, rebuilt only when the turn advances), a
+//! finished one as one `turn` message at the offset of its end.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use dashmap::DashMap;
+use metrics::gauge;
 use parking_lot::Mutex;
-use switchboard_proto::{Epoch, PreparedFrame, TurnEvent, TurnId, TurnStatus};
+use switchboard_proto::{ChannelName, Epoch, PreparedFrame, TurnEvent, TurnId, TurnStatus};
 
-use crate::backplane::{Backplane, BackplaneError, BoxFuture, Event, History, HistoryRead, Published};
+use crate::backplane::{
+    Backplane, BackplaneError, BoxFuture, Event, History, HistoryRead, Position, Published,
+};
+use crate::clock::{self, Instant};
 use crate::hub::{ChannelKey, Hub, Offsetted};
 use crate::telemetry;
 
-/// How much history each channel keeps.
+/// Enough to cover a page reload or a network switch mid-conversation.
+pub const DEFAULT_HISTORY_MESSAGES: usize = 500;
+pub const DEFAULT_HISTORY_AGE: Duration = Duration::from_secs(600);
+/// A few agents answering in one conversation at once.
+pub const DEFAULT_MAX_TURNS_PER_CHANNEL: usize = 8;
+/// Sweep watermark buckets: 128 KiB for the process, whatever the number of
+/// channels.
+const WATERMARKS: usize = 16_384;
+
+/// How much history each channel keeps, and how many turns it streams at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HistoryLimits {
     /// Messages kept per channel (0 keeps none: resume then never recovers).
     pub max_messages: usize,
     /// Messages older than this are dropped.
     pub max_age: Duration,
+    /// Live turns one channel may carry at once.
+    pub max_live_turns: usize,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        Self {
+            max_messages: DEFAULT_HISTORY_MESSAGES,
+            max_age: DEFAULT_HISTORY_AGE,
+            max_live_turns: DEFAULT_MAX_TURNS_PER_CHANNEL,
+        }
+    }
 }
 
 struct Entry {
@@ -39,30 +73,47 @@ struct LiveTurn {
     start_offset: u64,
     last_offset: u64,
     text: String,
+    /// The snapshot every joiner gets until the turn advances.
+    snapshot: Option<PreparedFrame>,
+}
+
+impl LiveTurn {
+    fn snapshot(&mut self, turn: &TurnId, channel: &ChannelName) -> PreparedFrame {
+        let (start_offset, last_offset, text) = (self.start_offset, self.last_offset, &self.text);
+        self.snapshot
+            .get_or_insert_with(|| {
+                let event = TurnEvent::Snapshot {
+                    turn,
+                    start_offset,
+                    text,
+                };
+                PreparedFrame::turn(channel, last_offset, event)
+            })
+            .clone()
+    }
 }
 
 struct Log {
     epoch: Epoch,
     top: u64,
     entries: VecDeque<Entry>,
-    /// The newest offset dropped by the count or age limit: a resume from
-    /// before it cannot be exact.
+    /// The newest offset dropped by the count or age limit (or that an
+    /// earlier log of this channel may have used): a resume from before it
+    /// cannot be exact.
     trimmed_through: u64,
     turns: HashMap<TurnId, LiveTurn>,
-    last_used: Instant,
     /// Set when the log was removed from the map; holders must look again.
     dead: bool,
 }
 
 impl Log {
-    fn new(now: Instant) -> Self {
+    fn new(epoch: Epoch, base: u64) -> Self {
         Self {
-            epoch: random_epoch(),
-            top: 0,
+            epoch,
+            top: base,
             entries: VecDeque::new(),
-            trimmed_through: 0,
+            trimmed_through: base,
             turns: HashMap::new(),
-            last_used: now,
             dead: false,
         }
     }
@@ -72,7 +123,7 @@ impl Log {
             || self
                 .entries
                 .front()
-                .is_some_and(|e| now.duration_since(e.at) > limits.max_age)
+                .is_some_and(|e| now.saturating_duration_since(e.at) > limits.max_age)
         {
             if let Some(e) = self.entries.pop_front() {
                 self.trimmed_through = self.trimmed_through.max(e.offset);
@@ -93,50 +144,52 @@ impl Log {
         self.trim(now, limits);
     }
 
-    fn read(&self, key: &ChannelKey, since: Option<u64>, limit: usize) -> HistoryRead {
+    /// Nothing retained, nothing live: the log can go.
+    fn is_idle(&self) -> bool {
+        self.entries.is_empty() && self.turns.is_empty()
+    }
+
+    fn read(&mut self, channel: &ChannelName, from: Position, limit: usize) -> HistoryRead {
+        let live_first = self.turns.values().map(|t| t.last_offset).min();
+        let first = match (self.entries.front().map(|e| e.offset), live_first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let mut read = HistoryRead {
             epoch: self.epoch.clone(),
             top: self.top,
+            first,
             complete: true,
             messages: Vec::new(),
             more: false,
         };
-        // Without `since`, a joiner gets only the live turns, so it can show
-        // a reply in progress without replaying history.
-        let (since, kept) = match since {
-            None => (0, self.entries.range(self.entries.len()..)),
-            Some(since) if since > self.top || since < self.trimmed_through => {
+        let (since, retained) = match from {
+            Position::Live => (0, self.entries.range(self.entries.len()..)),
+            Position::Tail => (0, self.entries.range(..)),
+            Position::After(since) if since > self.top || since < self.trimmed_through => {
                 read.complete = false;
                 return read;
             }
-            Some(since) => (
+            Position::After(since) => (
                 since,
                 self.entries
                     .range(self.entries.partition_point(|e| e.offset <= since)..),
             ),
         };
-        let kept = kept.map(|e| (e.offset, e.frame.clone()));
-        let mut live: Vec<_> = self
-            .turns
-            .iter()
-            .filter(|(_, t)| t.last_offset > since)
-            .map(|(id, t)| {
-                let event = TurnEvent::Snapshot {
-                    turn: id,
-                    start_offset: t.start_offset,
-                    text: &t.text,
-                };
-                (
-                    t.last_offset,
-                    PreparedFrame::turn(&key.channel, t.last_offset, event),
-                )
-            })
-            .collect();
-        live.sort_by_key(|(offset, _)| *offset);
-        let mut all: Vec<Offsetted> = kept.chain(live).collect();
+        let mut all: Vec<Offsetted> = retained.map(|e| (e.offset, e.frame.clone())).collect();
+        for (id, turn) in &mut self.turns {
+            if turn.last_offset > since {
+                all.push((turn.last_offset, turn.snapshot(id, channel)));
+            }
+        }
         all.sort_by_key(|(offset, _)| *offset);
-        read.more = all.len() > limit;
-        all.truncate(limit);
+        if from == Position::Tail {
+            let older = all.len().saturating_sub(limit);
+            all.drain(..older);
+        } else {
+            read.more = all.len() > limit;
+            all.truncate(limit);
+        }
         read.messages = all;
         read
     }
@@ -145,27 +198,32 @@ impl Log {
     /// subscribers get.
     fn append(
         &mut self,
-        key: &ChannelKey,
+        channel: &ChannelName,
         event: Event<'_>,
         now: Instant,
         limits: HistoryLimits,
     ) -> Result<(u64, PreparedFrame), BackplaneError> {
         let offset = self.top + 1;
-        let channel = &key.channel;
         let frame = match event {
-            Event::Message(data) => PreparedFrame::message(channel, offset, data),
+            Event::Message(data) => {
+                let frame = PreparedFrame::message(channel, offset, data);
+                self.keep(offset, now, frame.clone(), limits);
+                frame
+            }
             Event::TurnStart(turn) => {
                 if self.turns.contains_key(turn) {
                     return Err(BackplaneError::TurnExists(turn.clone()));
                 }
-                self.turns.insert(
-                    turn.clone(),
-                    LiveTurn {
-                        start_offset: offset,
-                        last_offset: offset,
-                        text: String::new(),
-                    },
-                );
+                if self.turns.len() >= limits.max_live_turns {
+                    return Err(BackplaneError::TooManyTurns(limits.max_live_turns));
+                }
+                let live = LiveTurn {
+                    start_offset: offset,
+                    last_offset: offset,
+                    text: String::new(),
+                    snapshot: None,
+                };
+                self.turns.insert(turn.clone(), live);
                 PreparedFrame::turn(channel, offset, TurnEvent::Start { turn })
             }
             Event::Token(turn, text) => {
@@ -175,6 +233,7 @@ impl Log {
                     .ok_or_else(|| BackplaneError::NoSuchTurn(turn.clone()))?;
                 live.text.push_str(text);
                 live.last_offset = offset;
+                live.snapshot = None;
                 PreparedFrame::turn(channel, offset, TurnEvent::Token { turn, text })
             }
             Event::TurnEnd(turn) | Event::TurnError { turn, .. } => {
@@ -209,36 +268,36 @@ impl Log {
                     PreparedFrame::turn(channel, offset, finished),
                     limits,
                 );
-                self.top = offset;
-                return Ok((offset, PreparedFrame::turn(channel, offset, live_event)));
+                PreparedFrame::turn(channel, offset, live_event)
             }
         };
-        if matches!(event, Event::Message(_)) {
-            self.keep(offset, now, frame.clone(), limits);
-        }
         self.top = offset;
         Ok((offset, frame))
     }
 }
 
-fn random_epoch() -> Epoch {
+/// Eight bytes from the OS RNG, or from the time if it fails: this process's
+/// incarnation, which every epoch derives from.
+fn incarnation() -> u64 {
     let mut bytes = [0u8; 8];
-    // The OS RNG failing is not something a broker can work around; a fixed
-    // fallback would only make epochs collide across restarts, so make them
-    // time-based instead.
+    // A fixed fallback would make epochs collide across restarts; the time
+    // differs from one start to the next.
     if getrandom::fill(&mut bytes).is_err() {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         bytes = nanos.to_le_bytes();
     }
-    Epoch::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    u64::from_le_bytes(bytes)
 }
 
 pub struct InProcess {
     hub: Arc<Hub>,
     logs: DashMap<ChannelKey, Arc<Mutex<Log>>>,
     limits: HistoryLimits,
+    incarnation: u64,
+    /// Per hash bucket, the newest offset of any log swept from it.
+    swept: Box<[AtomicU64]>,
 }
 
 impl InProcess {
@@ -247,45 +306,91 @@ impl InProcess {
             hub,
             logs: DashMap::new(),
             limits,
+            incarnation: incarnation(),
+            swept: (0..WATERMARKS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
-    /// Runs `f` on `key`'s log, creating it if needed.
+    fn hash(&self, key: &ChannelKey, salt: u64) -> u64 {
+        let mut h = DefaultHasher::new();
+        salt.hash(&mut h);
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    /// The channel's epoch: the same for every read and log of it in this process.
+    fn epoch(&self, key: &ChannelKey) -> Epoch {
+        Epoch::new(format!("{:016x}", self.hash(key, self.incarnation)))
+    }
+
+    fn watermark(&self, key: &ChannelKey) -> &AtomicU64 {
+        &self.swept[(self.hash(key, 0) % WATERMARKS as u64) as usize]
+    }
+
+    /// Runs `f` on `key`'s log, creating it (above the sweep watermark) if needed.
     fn with_log<T>(&self, key: &ChannelKey, f: impl FnOnce(&mut Log, Instant) -> T) -> T {
         loop {
-            let now = Instant::now();
+            let now = clock::now();
             let log = Arc::clone(
                 self.logs
                     .entry(key.clone())
-                    .or_insert_with(|| Arc::new(Mutex::new(Log::new(now))))
+                    .or_insert_with(|| {
+                        gauge!(telemetry::HISTORY_CHANNELS).increment(1.0);
+                        let base = self.watermark(key).load(Ordering::Acquire);
+                        Arc::new(Mutex::new(Log::new(self.epoch(key), base)))
+                    })
                     .value(),
             );
             let mut log = log.lock();
             if log.dead {
                 continue;
             }
-            log.last_used = now;
             log.trim(now, self.limits);
             return f(&mut log, now);
         }
     }
 
-    /// Forgets channels that retain nothing, have no live turn and no local
-    /// subscriber, and were not used for `max_age`. Returns how many.
+    fn read_now(&self, key: &ChannelKey, from: Position, limit: usize) -> HistoryRead {
+        loop {
+            let Some(log) = self.logs.get(key).map(|e| Arc::clone(e.value())) else {
+                // Never published, or swept: nothing after the watermark exists.
+                let top = self.watermark(key).load(Ordering::Acquire);
+                return HistoryRead {
+                    epoch: self.epoch(key),
+                    top,
+                    first: None,
+                    complete: !matches!(from, Position::After(since) if since != top),
+                    messages: Vec::new(),
+                    more: false,
+                };
+            };
+            let mut log = log.lock();
+            if log.dead {
+                continue;
+            }
+            log.trim(clock::now(), self.limits);
+            return log.read(&key.channel, from, limit);
+        }
+    }
+
+    /// Forgets channels that retain nothing, stream no turn and have no
+    /// local subscriber. Returns how many.
     pub fn sweep(&self) -> usize {
-        let now = Instant::now();
+        let now = clock::now();
         let before = self.logs.len();
         self.logs.retain(|key, log| {
             let mut log = log.lock();
             log.trim(now, self.limits);
-            let idle = log.entries.is_empty()
-                && log.turns.is_empty()
-                && now.duration_since(log.last_used) > self.limits.max_age
-                && !self.hub.has_subscribers(key);
-            log.dead = idle;
+            let idle = log.is_idle() && !self.hub.has_subscribers(key);
+            if idle {
+                self.watermark(key).fetch_max(log.top, Ordering::AcqRel);
+                log.dead = true;
+            }
             !idle
         });
-        before - self.logs.len()
+        let swept = before - self.logs.len();
+        gauge!(telemetry::HISTORY_CHANNELS).decrement(swept as f64);
+        swept
     }
 
     /// Channels with a log in memory.
@@ -300,9 +405,8 @@ impl Backplane for InProcess {
         key: &'a ChannelKey,
         event: Event<'a>,
     ) -> BoxFuture<'a, Result<Published, BackplaneError>> {
-        let started = Instant::now();
         let published = self.with_log(key, |log, now| {
-            let (offset, frame) = log.append(key, event, now, self.limits)?;
+            let (offset, frame) = log.append(&key.channel, event, now, self.limits)?;
             // Delivering under the log's lock is what orders a channel's
             // messages for every subscriber, and what lets a resuming
             // subscriber read history without missing a message.
@@ -312,9 +416,6 @@ impl Backplane for InProcess {
                 epoch: log.epoch.clone(),
             })
         });
-        if published.is_ok() {
-            telemetry::published(started);
-        }
         Box::pin(std::future::ready(published))
     }
 
@@ -324,255 +425,22 @@ impl Backplane for InProcess {
     }
 
     fn detach(&self, _key: &ChannelKey) {}
+
+    fn maintain(&self) {
+        self.sweep();
+    }
 }
 
 impl History for InProcess {
     fn read<'a>(
         &'a self,
         key: &'a ChannelKey,
-        since: Option<u64>,
+        from: Position,
         limit: usize,
     ) -> BoxFuture<'a, Result<HistoryRead, BackplaneError>> {
-        let read = self.with_log(key, |log, _| log.read(key, since, limit));
-        Box::pin(std::future::ready(Ok(read)))
+        Box::pin(std::future::ready(Ok(self.read_now(key, from, limit))))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::value::RawValue;
-    use switchboard_proto::{ChannelName, OrgId, ServerFrame};
-
-    fn key(ch: &str) -> ChannelKey {
-        ChannelKey::new(OrgId::new("o").unwrap(), ChannelName::new(ch).unwrap())
-    }
-
-    fn backplane(max_messages: usize, max_age: Duration) -> InProcess {
-        InProcess::new(
-            Arc::new(Hub::new(16)),
-            HistoryLimits {
-                max_messages,
-                max_age,
-            },
-        )
-    }
-
-    fn block_on<T>(f: BoxFuture<'_, T>) -> T {
-        futures_util::FutureExt::now_or_never(f).expect("in-process futures are ready")
-    }
-
-    fn publish(bp: &InProcess, k: &ChannelKey, n: u64) -> Published {
-        let data = RawValue::from_string(n.to_string()).unwrap();
-        block_on(bp.publish(k, Event::Message(&data))).unwrap()
-    }
-
-    fn event(bp: &InProcess, k: &ChannelKey, e: Event<'_>) -> Result<Published, BackplaneError> {
-        block_on(bp.publish(k, e))
-    }
-
-    fn read(bp: &InProcess, k: &ChannelKey, since: Option<u64>, limit: usize) -> HistoryRead {
-        block_on(bp.read(k, since, limit)).unwrap()
-    }
-
-    fn read_offsets(r: &HistoryRead) -> Vec<u64> {
-        r.messages.iter().map(|(o, _)| *o).collect()
-    }
-
-    fn frames(r: &HistoryRead) -> Vec<ServerFrame> {
-        r.messages
-            .iter()
-            .map(|(_, f)| ServerFrame::decode(&f.payload()).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn offsets_are_monotonic_per_channel_and_epoch_is_stable() {
-        let bp = backplane(10, Duration::from_secs(60));
-        let (a, b) = (key("a"), key("b"));
-        let epoch = read(&bp, &a, None, 0).epoch;
-        for i in 1..=5 {
-            let p = publish(&bp, &a, i);
-            assert_eq!((p.offset, &p.epoch), (i, &epoch));
-        }
-        assert_eq!(publish(&bp, &b, 1).offset, 1);
-        assert_ne!(read(&bp, &b, None, 0).epoch, epoch);
-    }
-
-    #[test]
-    fn since_replays_exactly_what_came_after() {
-        let bp = backplane(10, Duration::from_secs(60));
-        let k = key("a");
-        for i in 1..=5 {
-            publish(&bp, &k, i);
-        }
-        let r = read(&bp, &k, Some(2), 100);
-        assert!(r.complete);
-        assert_eq!((read_offsets(&r), r.top, r.more), (vec![3, 4, 5], 5, false));
-        let r = read(&bp, &k, Some(2), 2);
-        assert_eq!((read_offsets(&r), r.more), (vec![3, 4], true));
-        let r = read(&bp, &k, Some(5), 100);
-        assert!(r.complete && r.messages.is_empty());
-        assert!(
-            !read(&bp, &k, Some(6), 100).complete,
-            "a future offset cannot be recovered"
-        );
-        let r = read(&bp, &k, None, 100);
-        assert!(r.complete && r.messages.is_empty());
-    }
-
-    #[test]
-    fn joiners_without_since_get_live_turns_only() {
-        let bp = backplane(10, Duration::from_secs(60));
-        let k = key("c");
-        let t = TurnId::new("t").unwrap();
-        publish(&bp, &k, 1);
-        event(&bp, &k, Event::TurnStart(&t)).unwrap();
-        event(&bp, &k, Event::Token(&t, "abc")).unwrap();
-        let r = read(&bp, &k, None, 100);
-        assert_eq!((read_offsets(&r), r.top), (vec![3], 3));
-        assert!(
-            matches!(&frames(&r)[0], ServerFrame::TurnSnapshot { text_so_far, .. } if text_so_far == "abc")
-        );
-    }
-
-    #[test]
-    fn trimmed_history_is_incomplete() {
-        let bp = backplane(3, Duration::from_secs(60));
-        let k = key("a");
-        for i in 1..=10 {
-            publish(&bp, &k, i);
-        }
-        assert!(!read(&bp, &k, Some(5), 100).complete);
-        let r = read(&bp, &k, Some(7), 100);
-        assert!(r.complete);
-        assert_eq!(read_offsets(&r), vec![8, 9, 10]);
-    }
-
-    #[test]
-    fn old_messages_age_out() {
-        let bp = backplane(100, Duration::from_millis(20));
-        let k = key("a");
-        publish(&bp, &k, 1);
-        std::thread::sleep(Duration::from_millis(40));
-        publish(&bp, &k, 2);
-        assert!(!read(&bp, &k, Some(0), 100).complete);
-        assert_eq!(read_offsets(&read(&bp, &k, Some(1), 100)), vec![2]);
-    }
-
-    #[test]
-    fn sweep_forgets_idle_channels_with_a_new_epoch_after() {
-        let bp = backplane(100, Duration::from_millis(10));
-        let k = key("a");
-        publish(&bp, &k, 1);
-        let epoch = read(&bp, &k, None, 0).epoch;
-        assert_eq!(bp.sweep(), 0, "recently used");
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(bp.sweep(), 1);
-        assert_eq!(bp.channel_count(), 0);
-        assert_ne!(read(&bp, &k, None, 0).epoch, epoch);
-    }
-
-    #[test]
-    fn zero_history_never_recovers_a_gap() {
-        let bp = backplane(0, Duration::from_secs(60));
-        let k = key("a");
-        publish(&bp, &k, 1);
-        publish(&bp, &k, 2);
-        assert!(!read(&bp, &k, Some(1), 100).complete);
-        assert!(read(&bp, &k, Some(2), 100).complete);
-    }
-
-    #[test]
-    fn live_turns_replay_as_one_snapshot_and_finished_ones_as_one_message() {
-        let bp = backplane(100, Duration::from_secs(60));
-        let k = key("turns.c1");
-        let t = TurnId::new("t1").unwrap();
-        publish(&bp, &k, 1); // offset 1
-        assert_eq!(event(&bp, &k, Event::TurnStart(&t)).unwrap().offset, 2);
-        assert!(matches!(
-            event(&bp, &k, Event::TurnStart(&t)),
-            Err(BackplaneError::TurnExists(_))
-        ));
-        for word in ["Hel", "lo", " there"] {
-            event(&bp, &k, Event::Token(&t, word)).unwrap(); // 3, 4, 5
-        }
-        publish(&bp, &k, 6); // a message in the middle of the turn
-        event(&bp, &k, Event::Token(&t, "!")).unwrap(); // 7
-
-        // From the start: message 1, message 6, then the snapshot at 7.
-        let r = read(&bp, &k, Some(0), 100);
-        assert!(r.complete);
-        assert_eq!(read_offsets(&r), vec![1, 6, 7]);
-        match &frames(&r)[2] {
-            ServerFrame::TurnSnapshot {
-                turn,
-                start_offset,
-                text_so_far,
-                offset,
-                ..
-            } => {
-                assert_eq!(
-                    (turn.as_str(), *start_offset, text_so_far.as_str(), *offset),
-                    ("t1", 2, "Hello there!", 7)
-                );
-            }
-            other => panic!("{}", other.to_json()),
-        }
-        // From inside the turn: still one snapshot; from after its last token: none.
-        assert_eq!(read_offsets(&read(&bp, &k, Some(4), 100)), vec![6, 7]);
-        assert!(read(&bp, &k, Some(7), 100).messages.is_empty());
-
-        assert_eq!(event(&bp, &k, Event::TurnEnd(&t)).unwrap().offset, 8);
-        assert!(matches!(
-            event(&bp, &k, Event::Token(&t, "late")),
-            Err(BackplaneError::NoSuchTurn(_))
-        ));
-        let r = read(&bp, &k, Some(3), 100);
-        assert_eq!(read_offsets(&r), vec![6, 8]);
-        match &frames(&r)[1] {
-            ServerFrame::Turn {
-                text,
-                status,
-                start_offset,
-                ..
-            } => {
-                assert_eq!(
-                    (text.as_str(), *status, *start_offset),
-                    ("Hello there!", TurnStatus::Done, 2)
-                );
-            }
-            other => panic!("{}", other.to_json()),
-        }
-    }
-
-    #[test]
-    fn failed_turns_keep_their_reason() {
-        let bp = backplane(100, Duration::from_secs(60));
-        let k = key("c");
-        let t = TurnId::new("t").unwrap();
-        event(&bp, &k, Event::TurnStart(&t)).unwrap();
-        event(&bp, &k, Event::Token(&t, "par")).unwrap();
-        event(
-            &bp,
-            &k,
-            Event::TurnError {
-                turn: &t,
-                reason: "operator_gone",
-                message: None,
-            },
-        )
-        .unwrap();
-        match &frames(&read(&bp, &k, Some(0), 10))[0] {
-            ServerFrame::Turn {
-                text, status, reason, ..
-            } => {
-                assert_eq!(
-                    (text.as_str(), *status, reason.as_deref()),
-                    ("par", TurnStatus::Error, Some("operator_gone"))
-                );
-            }
-            other => panic!("{}", other.to_json()),
-        }
-    }
-}
+mod tests;

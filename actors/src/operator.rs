@@ -1,12 +1,13 @@
 //! The operator's side of `/v1/operators/:sid/ws`: each frame the operator
 //! sends is decoded here and handed to its session actor, which replies on
 //! the socket. A frame that cannot be decoded is answered with an error and
-//! the socket carries on.
+//! the socket carries on. When the socket ends, the frames it took and never
+//! wrote go back to the session.
 
 use std::sync::Arc;
 
 use ractor::ActorRef;
-use switchboard_proto::{ConnId, ErrorCode, OperatorFrame, PreparedFrame, ServerFrame, Sid};
+use switchboard_proto::{ConnId, OperatorFrame, Sid};
 
 use crate::backplane::BoxFuture;
 use crate::link::{FrameHandler, Supervised};
@@ -32,8 +33,9 @@ impl Supervised for OperatorShared {
     }
 
     fn release(&self) {
+        let unsent = self.sink.take_unsent();
         // A session that already ended needs no word.
-        let _ = self.session.cast(SessionMsg::Detached(self.generation));
+        let _ = self.session.cast(SessionMsg::Detached(self.generation, unsent));
     }
 }
 
@@ -45,13 +47,6 @@ impl OperatorLink {
     pub fn sid(&self) -> &Sid {
         &self.shared.sid
     }
-
-    fn error(&self, id: Option<switchboard_proto::RequestId>, code: ErrorCode, message: impl Into<String>) {
-        let _ = self
-            .shared
-            .sink
-            .offer(&ServerFrame::error(id, code, message).prepare());
-    }
 }
 
 impl FrameHandler for OperatorLink {
@@ -59,7 +54,7 @@ impl FrameHandler for OperatorLink {
         Box::pin(async move {
             let frame = match OperatorFrame::decode(payload) {
                 Ok(frame) => frame,
-                Err(e) => return self.error(e.id, e.code, e.message),
+                Err(e) => return self.refuse(e.id, e.code, e.message),
             };
             // The call waits until the session handled the frame: an
             // operator streaming tokens is slowed to what the session keeps up with.
@@ -69,24 +64,8 @@ impl FrameHandler for OperatorLink {
         })
     }
 
-    fn on_binary(&self) {
-        self.error(
-            None,
-            ErrorCode::ValidationError,
-            "binary frames are not supported; send JSON text frames",
-        );
-    }
-
-    fn on_oversized(&self, len: u64, max: usize) {
-        self.error(
-            None,
-            ErrorCode::FrameTooLarge,
-            format!("frame of {len} bytes exceeds the limit of {max} bytes; it was discarded"),
-        );
-    }
-
-    fn write(&self, frame: &PreparedFrame) {
-        let _ = self.shared.sink.offer(frame);
+    fn sink(&self) -> &Arc<dyn Sink> {
+        &self.shared.sink
     }
 
     fn supervised(&self) -> Arc<dyn Supervised> {

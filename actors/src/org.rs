@@ -10,11 +10,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use metrics::{counter, gauge};
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use switchboard_proto::{ChannelName, OrgId, RoleName, Sid, Target};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
+use switchboard_proto::{ChannelName, ErrorCode, OrgId, RoleName, Sid, Target};
 
-use crate::backplane::Backplane;
-use crate::hub::{ChannelKey, Hub};
+use crate::backplane::BackplaneError;
+use crate::channels::Channels;
+use crate::hub::ChannelKey;
 use crate::orgs::OrgsMsg;
 use crate::session::{OperatorSession, SessionArgs, SessionLimits, SessionMsg};
 use crate::session_store::{SessionRecord, SessionStore};
@@ -22,7 +23,7 @@ use crate::telemetry;
 
 pub enum OrgMsg {
     /// Make sure `channel` is attached before its history is read.
-    Attach(ChannelName, RpcReplyPort<Result<(), String>>),
+    Attach(ChannelName, RpcReplyPort<Result<(), BackplaneError>>),
     /// A channel may have lost its last local subscriber: detach it if so.
     Reconcile(ChannelName),
     /// Creates a session if none of its roles is held by a live session.
@@ -35,18 +36,49 @@ pub enum OrgMsg {
     Sessions(RpcReplyPort<Vec<ActorRef<SessionMsg>>>),
 }
 
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+/// Why an org's actor could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum OrgError {
+    /// Its actor would not start.
+    #[error("the org actor failed to start: {0}")]
+    Spawn(#[from] SpawnErr),
+    /// Its actor stopped answering (the tree is stopping, or it keeps failing).
+    #[error("the org actor is unavailable")]
+    Unavailable,
+    #[error(transparent)]
+    Backplane(#[from] BackplaneError),
+}
+
+impl OrgError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            OrgError::Backplane(e) => e.code(),
+            OrgError::Spawn(_) | OrgError::Unavailable => ErrorCode::Unavailable,
+        }
+    }
+
+    /// What a caller may be told.
+    pub fn public_message(&self) -> String {
+        match self {
+            OrgError::Backplane(e) => e.public_message(),
+            OrgError::Spawn(_) | OrgError::Unavailable => "the org is unavailable right now; retry".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum MintError {
     #[error("roles already held by a live session: {}", .0.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "))]
     Conflict(Vec<RoleName>),
-    #[error("session failed to start: {0}")]
-    Failed(String),
+    #[error("the org already has {0} operator sessions")]
+    TooMany(usize),
+    #[error(transparent)]
+    Org(#[from] OrgError),
 }
 
 pub struct OrgArgs {
     pub org: OrgId,
-    pub hub: Arc<Hub>,
-    pub backplane: Arc<dyn Backplane>,
+    pub channels: Arc<Channels>,
     pub sessions: Arc<SessionStore>,
     pub session_limits: SessionLimits,
     /// To give back a session's hold on the org when it ends.
@@ -63,19 +95,14 @@ pub struct OrgState {
 
 impl OrgState {
     fn key(&self, channel: &ChannelName) -> ChannelKey {
-        ChannelKey::new(self.args.org.clone(), channel.clone())
+        ChannelKey::of(&self.args.org, channel)
     }
 
-    async fn attach(&mut self, channel: &ChannelName) -> Result<(), String> {
+    async fn attach(&mut self, channel: &ChannelName) -> Result<(), BackplaneError> {
         if self.attached.contains(channel) {
             return Ok(());
         }
-        let key = self.key(channel);
-        self.args
-            .backplane
-            .attach(&key)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.args.channels.attach(&self.key(channel)).await?;
         self.attached.insert(channel.clone());
         gauge!(telemetry::ATTACHED_CHANNELS).increment(1.0);
         Ok(())
@@ -83,22 +110,20 @@ impl OrgState {
 
     fn detach(&mut self, channel: &ChannelName) {
         if self.attached.remove(channel) {
-            self.args.backplane.detach(&self.key(channel));
+            self.args.channels.detach(&self.key(channel));
             gauge!(telemetry::ATTACHED_CHANNELS).decrement(1.0);
         }
     }
 
-    async fn spawn_session(&mut self, me: &ActorRef<OrgMsg>, record: SessionRecord) -> Result<(), String> {
+    async fn spawn_session(&mut self, me: &ActorRef<OrgMsg>, record: SessionRecord) -> Result<(), SpawnErr> {
         let sid = record.sid.clone();
         let args = SessionArgs {
             record,
-            backplane: Arc::clone(&self.args.backplane),
+            channels: Arc::clone(&self.args.channels),
             store: Arc::clone(&self.args.sessions),
             limits: self.args.session_limits,
         };
-        let (actor, _) = Actor::spawn_linked(None, OperatorSession, args, me.get_cell())
-            .await
-            .map_err(|e| e.to_string())?;
+        let (actor, _) = Actor::spawn_linked(None, OperatorSession, args, me.get_cell()).await?;
         self.by_actor.insert(actor.get_id(), sid.clone());
         self.sessions.insert(sid, actor);
         Ok(())
@@ -135,7 +160,7 @@ impl Actor for OrgActor {
             args,
         };
         // Empty on first start; after a restart, what the failed actor held.
-        for channel in state.args.hub.channels_of(&state.args.org) {
+        for channel in state.args.channels.hub().channels_of(&state.args.org) {
             state.attach(&channel).await?;
         }
         for record in state.args.sessions.of_org(&state.args.org) {
@@ -150,7 +175,7 @@ impl Actor for OrgActor {
 
     async fn post_stop(&self, _me: ActorRef<OrgMsg>, state: &mut OrgState) -> Result<(), ActorProcessingErr> {
         for channel in std::mem::take(&mut state.attached) {
-            state.args.backplane.detach(&state.key(&channel));
+            state.args.channels.detach(&state.key(&channel));
             gauge!(telemetry::ATTACHED_CHANNELS).decrement(1.0);
         }
         gauge!(telemetry::ORG_ACTORS).decrement(1.0);
@@ -170,11 +195,16 @@ impl Actor for OrgActor {
                 let _ = reply.send(result);
             }
             OrgMsg::Reconcile(channel) => {
-                if !state.args.hub.has_subscribers(&state.key(&channel)) {
+                if !state.args.channels.hub().has_subscribers(&state.key(&channel)) {
                     state.detach(&channel);
                 }
             }
             OrgMsg::Mint(record, reply) => {
+                let max = state.args.session_limits.max_sessions;
+                if state.sessions.len() >= max {
+                    let _ = reply.send(Err(MintError::TooMany(max)));
+                    return Ok(());
+                }
                 let taken: Vec<RoleName> = record
                     .roles
                     .iter()
@@ -198,7 +228,7 @@ impl Actor for OrgActor {
                     Err(e) => {
                         // Not a session yet, so no hold of its own to give back.
                         state.args.sessions.remove(&sid);
-                        Err(MintError::Failed(e))
+                        Err(MintError::Org(OrgError::Spawn(e)))
                     }
                 };
                 let _ = reply.send(result);
@@ -246,7 +276,10 @@ impl Actor for OrgActor {
                 tracing::error!(%sid, error = %err, "operator session failed; restarting it");
                 let restarted = match state.args.sessions.get(&sid) {
                     Some(record) => state.spawn_session(&me, record).await,
-                    None => Err("its record is gone".into()),
+                    None => {
+                        tracing::error!(%sid, "operator session record is gone; not restarting it");
+                        Ok(())
+                    }
                 };
                 if let Err(e) = restarted {
                     tracing::error!(%sid, error = %e, "operator session restart failed; ending it");
@@ -280,8 +313,13 @@ impl OrgHandle {
         &self.org
     }
 
+    /// `channel` in this org.
+    pub fn key(&self, channel: &ChannelName) -> ChannelKey {
+        ChannelKey::of(&self.org, channel)
+    }
+
     /// Asks the org actor, looking it up again (a few times) if it was restarted.
-    async fn ask<T: Send + 'static>(&self, make: impl Fn(RpcReplyPort<T>) -> OrgMsg) -> Result<T, String> {
+    async fn ask<T: Send + 'static>(&self, make: impl Fn(RpcReplyPort<T>) -> OrgMsg) -> Result<T, OrgError> {
         const ATTEMPTS: usize = 3;
         for _ in 0..ATTEMPTS {
             let actor = self.current.lock().clone();
@@ -290,12 +328,18 @@ impl OrgHandle {
                 Err(_) => self.refresh().await,
             }
         }
-        Err(format!("org actor for {} is unavailable", self.org))
+        Err(OrgError::Unavailable)
     }
 
     /// Attaches `channel` to the backplane (idempotent).
-    pub async fn attach(&self, channel: &ChannelName) -> Result<(), String> {
-        self.ask(|port| OrgMsg::Attach(channel.clone(), port)).await?
+    pub async fn attach(&self, channel: &ChannelName) -> Result<(), OrgError> {
+        Ok(self.ask(|port| OrgMsg::Attach(channel.clone(), port)).await??)
+    }
+
+    /// Gives back this handle's hold on the org (once, when its connection ends).
+    pub fn release(&self) {
+        // The supervisor outlives its holders except at shutdown.
+        let _ = self.orgs.cast(OrgsMsg::Release(self.org.clone()));
     }
 
     /// The live session a role or sid names.

@@ -12,16 +12,15 @@ use metrics::counter;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use switchboard_proto::OrgId;
 
-use crate::backplane::Backplane;
-use crate::hub::Hub;
-use crate::org::{OrgActor, OrgArgs, OrgMsg};
+use crate::channels::Channels;
+use crate::org::{OrgActor, OrgArgs, OrgError, OrgMsg};
 use crate::session::SessionLimits;
 use crate::session_store::SessionStore;
 use crate::telemetry;
 
 pub enum OrgsMsg {
     /// The org's actor, started if needed; the caller holds it until `Release`.
-    Checkout(OrgId, RpcReplyPort<Result<ActorRef<OrgMsg>, String>>),
+    Checkout(OrgId, RpcReplyPort<Result<ActorRef<OrgMsg>, OrgError>>),
     Release(OrgId),
     /// The org's current actor without taking a hold (after a restart).
     Lookup(OrgId, RpcReplyPort<Option<ActorRef<OrgMsg>>>),
@@ -32,8 +31,7 @@ pub enum OrgsMsg {
 }
 
 pub struct OrgsArgs {
-    pub hub: Arc<Hub>,
-    pub backplane: Arc<dyn Backplane>,
+    pub channels: Arc<Channels>,
     pub sessions: Arc<SessionStore>,
     pub session_limits: SessionLimits,
     pub idle: Duration,
@@ -53,18 +51,15 @@ pub struct OrgsState {
 }
 
 impl OrgsState {
-    async fn spawn(&mut self, me: &ActorRef<OrgsMsg>, org: &OrgId) -> Result<ActorRef<OrgMsg>, String> {
+    async fn spawn(&mut self, me: &ActorRef<OrgsMsg>, org: &OrgId) -> Result<ActorRef<OrgMsg>, OrgError> {
         let args = OrgArgs {
             org: org.clone(),
-            hub: Arc::clone(&self.args.hub),
-            backplane: Arc::clone(&self.args.backplane),
+            channels: Arc::clone(&self.args.channels),
             sessions: Arc::clone(&self.args.sessions),
             session_limits: self.args.session_limits,
             orgs: me.clone(),
         };
-        let (actor, _) = Actor::spawn_linked(None, OrgActor, args, me.get_cell())
-            .await
-            .map_err(|e| format!("org actor for {org} failed to start: {e}"))?;
+        let (actor, _) = Actor::spawn_linked(None, OrgActor, args, me.get_cell()).await?;
         self.by_actor.insert(actor.get_id(), org.clone());
         Ok(actor)
     }
@@ -121,7 +116,7 @@ impl Actor for Orgs {
                             Ok(actor)
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "org actor failed to start");
+                            tracing::error!(%org, error = %e, "org actor failed to start");
                             Err(e)
                         }
                     },

@@ -1,35 +1,53 @@
 //! `OperatorSession`: one per operator session (sid), a child of its org's
 //! actor. It outlives its socket: frames sent to it while the socket is away
-//! are buffered (bounded) and delivered, in order, when a socket attaches
-//! again. It owns the session's live turns: it streams their tokens to the
-//! backplane (rolled up per window when asked), and ends them with
-//! `operator_gone` when the operator stays away past the grace period or the
-//! session ends.
+//! are buffered (bounded in bytes) and delivered, in order, when a socket
+//! attaches again, and so are frames a dying socket took but never wrote.
+//! What could not be kept is counted and reported to the operator as a
+//! `gap`. Its live turns are in [`turns`].
 
-use std::collections::{HashMap, VecDeque};
+mod turns;
+
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use metrics::{counter, gauge};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use switchboard_proto::{
-    Ack, ChannelName, ErrorCode, OperatorFrame, OrgId, PreparedFrame, RequestId, RoleName, ServerFrame, Sid,
-    TurnId,
+    ErrorCode, OperatorFrame, OrgId, PreparedFrame, RequestId, RoleName, ServerFrame, Sid, TurnId,
 };
 
-use crate::backplane::{Backplane, BackplaneError, Event};
-use crate::hub::ChannelKey;
+use crate::channels::Channels;
+use crate::limits::Limits;
 use crate::session_store::{RollupRule, SessionRecord, SessionStore};
-use crate::sink::{CloseReason, Sink};
+use crate::sink::{CloseReason, Sink, charge};
 use crate::telemetry;
+
+use turns::LiveTurn;
 
 /// Session timings and bounds (from [`crate::Limits`]).
 #[derive(Clone, Copy, Debug)]
 pub struct SessionLimits {
     pub expiry: Duration,
     pub turn_grace: Duration,
-    pub buffer: usize,
+    pub buffer_bytes: usize,
     pub max_turn_bytes: usize,
+    pub max_turns: usize,
+    /// Sessions per org (the org's actor enforces it).
+    pub max_sessions: usize,
+}
+
+impl From<&Limits> for SessionLimits {
+    fn from(limits: &Limits) -> Self {
+        Self {
+            expiry: limits.session_expiry,
+            turn_grace: limits.turn_grace,
+            buffer_bytes: limits.operator_buffer_bytes,
+            max_turn_bytes: limits.max_turn_bytes,
+            max_turns: limits.max_turns_per_session,
+            max_sessions: limits.max_sessions_per_org,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,8 +65,9 @@ pub enum SessionMsg {
     /// A socket for this session; it replaces any current one. Replies with
     /// the socket's generation.
     Attach(Arc<dyn Sink>, RpcReplyPort<u64>),
-    /// The socket of this generation closed.
-    Detached(u64),
+    /// The socket of this generation closed; with the frames it took and
+    /// never wrote.
+    Detached(u64, Vec<PreparedFrame>),
     /// A client's `send`, as the frame the operator receives.
     FromClient(PreparedFrame, RpcReplyPort<Result<(), Offline>>),
     /// A frame from the operator's socket; the reply says it was handled.
@@ -64,18 +83,78 @@ pub enum SessionMsg {
 
 pub struct SessionArgs {
     pub record: SessionRecord,
-    pub backplane: Arc<dyn Backplane>,
+    pub channels: Arc<Channels>,
     pub store: Arc<SessionStore>,
     pub limits: SessionLimits,
 }
 
-struct LiveTurn {
-    channel: ChannelName,
-    window: Duration,
-    pending: String,
-    last_emit: Option<Instant>,
-    flush_scheduled: bool,
+/// Frames waiting for the operator, bounded in bytes, and the count of
+/// those that could not be kept (its next `gap`).
+#[derive(Default)]
+struct Buffer {
+    frames: VecDeque<PreparedFrame>,
     bytes: usize,
+    lost: u64,
+}
+
+impl Buffer {
+    fn push(&mut self, frame: PreparedFrame, limit: usize) -> bool {
+        let cost = charge(&frame);
+        if self.bytes + cost > limit {
+            return false;
+        }
+        self.bytes += cost;
+        self.frames.push_back(frame);
+        true
+    }
+
+    /// Puts back, ahead of what is buffered, frames a socket took and never
+    /// wrote (they are older); what no longer fits is counted as lost.
+    fn restore(&mut self, unsent: Vec<PreparedFrame>, limit: usize) {
+        if unsent.is_empty() {
+            return;
+        }
+        let newer = std::mem::take(&mut self.frames);
+        self.bytes = 0;
+        let mut lost = 0;
+        for frame in unsent.into_iter().chain(newer) {
+            if lost > 0 || !self.push(frame, limit) {
+                lost += 1;
+            }
+        }
+        self.lose(lost);
+    }
+
+    fn lose(&mut self, n: u64) {
+        self.lost += n;
+        telemetry::operator_frames_lost(n);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Offers `first`, then everything buffered, then the gap notice; what
+    /// the sink refuses stays buffered (it is closing, and will hand back
+    /// what it took).
+    fn hand_over(&mut self, sink: &dyn Sink, first: Vec<PreparedFrame>, limit: usize) {
+        let buffered = std::mem::take(&mut self.frames);
+        self.bytes = 0;
+        let mut refused = false;
+        for frame in first.into_iter().chain(buffered) {
+            refused = refused || sink.offer(&frame).is_err();
+            if refused && !self.push(frame, limit) {
+                self.lose(1);
+            }
+        }
+        if self.lost > 0
+            && sink
+                .offer(&ServerFrame::Gap { dropped: self.lost }.prepare())
+                .is_ok()
+        {
+            self.lost = 0;
+        }
+    }
 }
 
 pub struct SessionState {
@@ -83,21 +162,16 @@ pub struct SessionState {
     org: OrgId,
     roles: Vec<RoleName>,
     rollup: Arc<[RollupRule]>,
-    backplane: Arc<dyn Backplane>,
+    channels: Arc<Channels>,
     store: Arc<SessionStore>,
     limits: SessionLimits,
     socket: Option<(u64, Arc<dyn Sink>)>,
     generation: u64,
-    buffer: VecDeque<PreparedFrame>,
-    refused: u64,
-    turns: HashMap<TurnId, LiveTurn>,
+    buffer: Buffer,
+    turns: std::collections::HashMap<TurnId, LiveTurn>,
 }
 
 impl SessionState {
-    fn key(&self, channel: &ChannelName) -> ChannelKey {
-        ChannelKey::new(self.org.clone(), channel.clone())
-    }
-
     /// To the operator, if it is here; replies are not buffered.
     fn tell(&self, frame: ServerFrame) {
         if let Some((_, sink)) = &self.socket {
@@ -109,214 +183,70 @@ impl SessionState {
         self.tell(ServerFrame::error(id, code, message));
     }
 
-    fn ack(&self, id: Option<RequestId>, channel: ChannelName, offset: u64) {
-        if let Some(id) = id {
-            self.tell(ServerFrame::Ack(Ack {
-                channel: Some(channel),
-                offset: Some(offset),
-                ..Ack::new(id)
-            }));
-        }
-    }
-
-    fn remember_turns(&self) {
-        let turns = self
-            .turns
-            .iter()
-            .map(|(t, live)| (t.clone(), live.channel.clone()))
-            .collect();
-        self.store.set_turns(&self.sid, turns);
-    }
-
-    async fn publish(&self, channel: &ChannelName, event: Event<'_>) -> Result<u64, BackplaneError> {
-        Ok(self.backplane.publish(&self.key(channel), event).await?.offset)
-    }
-
-    /// Emits a turn's rolled-up text, if any.
-    async fn flush(&mut self, turn: &TurnId) {
-        let Some(live) = self.turns.get_mut(turn) else {
-            return;
-        };
-        live.flush_scheduled = false;
-        if live.pending.is_empty() {
-            return;
-        }
-        let text = std::mem::take(&mut live.pending);
-        live.last_emit = Some(Instant::now());
-        let channel = live.channel.clone();
-        if let Err(e) = self.publish(&channel, Event::Token(turn, &text)).await {
-            tracing::warn!(error = %e, %turn, "rolled-up token not published");
-        }
-    }
-
-    /// Flushes every turn with text waiting on `channel`, so whatever is
-    /// published there next comes after it.
-    async fn flush_channel(&mut self, channel: &ChannelName) {
-        let waiting: Vec<TurnId> = self
-            .turns
-            .iter()
-            .filter(|(_, t)| &t.channel == channel && !t.pending.is_empty())
-            .map(|(id, _)| id.clone())
-            .collect();
-        for turn in waiting {
-            self.flush(&turn).await;
-        }
-    }
-
-    /// Ends a turn: its waiting text first, then the end (or error) event.
-    async fn finish(
-        &mut self,
-        turn: &TurnId,
-        error: Option<(&str, Option<&str>)>,
-    ) -> Option<Result<u64, BackplaneError>> {
-        self.flush(turn).await;
-        let live = self.turns.remove(turn)?;
-        self.remember_turns();
-        let event = match error {
-            None => Event::TurnEnd(turn),
-            Some((reason, message)) => Event::TurnError {
-                turn,
-                reason,
-                message,
-            },
-        };
-        let status = error.map_or("done", |(reason, _)| {
-            if reason == "operator" {
-                "error"
-            } else {
-                "operator_gone"
-            }
-        });
-        counter!(telemetry::TURNS_FINISHED, "status" => status).increment(1);
-        Some(self.publish(&live.channel, event).await)
-    }
-
-    async fn fail_all_turns(&mut self) {
-        let turns: Vec<TurnId> = self.turns.keys().cloned().collect();
-        for turn in turns {
-            if let Some(Err(e)) = self.finish(&turn, Some(("operator_gone", None))).await {
-                tracing::warn!(error = %e, %turn, "turn_error not published");
-            }
-        }
-    }
-
-    async fn token(&mut self, me: &ActorRef<SessionMsg>, turn: TurnId, text: String) {
-        let max = self.limits.max_turn_bytes;
-        let Some(live) = self.turns.get_mut(&turn) else {
-            return self.refuse(
-                None,
-                ErrorCode::NotFound,
-                format!("no live turn {turn} in this session"),
-            );
-        };
-        if live.bytes + text.len() > max {
-            return self.refuse(
-                None,
-                ErrorCode::LimitExceeded,
-                format!("turn {turn} would exceed {max} bytes"),
-            );
-        }
-        live.bytes += text.len();
-        counter!(telemetry::TOKENS).increment(1);
-        let now = Instant::now();
-        let quiet = live
-            .last_emit
-            .is_none_or(|t| now.duration_since(t) >= live.window);
-        if live.window.is_zero() || (live.pending.is_empty() && quiet) {
-            // The first token of a window goes out at once.
-            live.last_emit = Some(now);
-            let channel = live.channel.clone();
-            if let Err(e) = self.publish(&channel, Event::Token(&turn, &text)).await {
-                self.refuse(
-                    None,
-                    ErrorCode::Unavailable,
-                    format!("token for {turn} not published: {e}"),
-                );
-            }
-            return;
-        }
-        if !live.pending.is_empty() {
-            counter!(telemetry::ROLLUP_SAVED).increment(1);
-        }
-        live.pending.push_str(&text);
-        if !live.flush_scheduled {
-            live.flush_scheduled = true;
-            let due = live.last_emit.map_or(Duration::ZERO, |t| {
-                live.window.saturating_sub(now.duration_since(t))
-            });
-            me.send_after(due, move || SessionMsg::Flush(turn));
-        }
-    }
-
-    async fn on_operator_frame(&mut self, me: &ActorRef<SessionMsg>, frame: OperatorFrame) {
-        match frame {
-            OperatorFrame::Token { turn, text } => self.token(me, turn, text).await,
-            OperatorFrame::TurnStart {
-                id,
-                turn,
-                channel,
-                rollup_ms,
-            } => {
-                if self.turns.contains_key(&turn) {
-                    return self.refuse(id, ErrorCode::Conflict, format!("turn {turn} is already live"));
-                }
-                self.flush_channel(&channel).await;
-                match self.publish(&channel, Event::TurnStart(&turn)).await {
-                    Ok(offset) => {
-                        let window = rollup_window(&self.rollup, &channel, rollup_ms);
-                        let live = LiveTurn {
-                            channel: channel.clone(),
-                            window,
-                            pending: String::new(),
-                            last_emit: None,
-                            flush_scheduled: false,
-                            bytes: 0,
-                        };
-                        self.turns.insert(turn, live);
-                        self.remember_turns();
-                        counter!(telemetry::TURNS_STARTED).increment(1);
-                        self.ack(id, channel, offset);
+    /// Tells an attached operator at once about frames that were lost.
+    fn report_gap(&mut self) {
+        if self.buffer.lost > 0
+            && let Some((_, sink)) = &self.socket
+            && sink
+                .offer(
+                    &ServerFrame::Gap {
+                        dropped: self.buffer.lost,
                     }
-                    Err(BackplaneError::TurnExists(t)) => self.refuse(
-                        id,
-                        ErrorCode::Conflict,
-                        format!("turn {t} is already live on {channel}"),
-                    ),
-                    Err(e) => self.refuse(id, ErrorCode::Unavailable, format!("turn not started: {e}")),
-                }
-            }
-            OperatorFrame::TurnEnd { id, turn } => self.end_turn(id, turn, None).await,
-            OperatorFrame::TurnError { id, turn, message } => {
-                let message = message.unwrap_or_default();
-                self.end_turn(id, turn, Some(message)).await
-            }
-            OperatorFrame::Publish { id, channel, data } => {
-                self.flush_channel(&channel).await;
-                match self.publish(&channel, Event::Message(&data)).await {
-                    Ok(offset) => self.ack(Some(id), channel, offset),
-                    Err(e) => self.refuse(Some(id), ErrorCode::Unavailable, format!("publish failed: {e}")),
-                }
-            }
-            OperatorFrame::Ping { id } => self.tell(ServerFrame::Pong { id }),
+                    .prepare(),
+                )
+                .is_ok()
+        {
+            self.buffer.lost = 0;
         }
     }
 
-    async fn end_turn(&mut self, id: Option<RequestId>, turn: TurnId, error: Option<String>) {
-        let channel = self.turns.get(&turn).map(|t| t.channel.clone());
-        let error = error
-            .as_deref()
-            .map(|m| ("operator", (!m.is_empty()).then_some(m)));
-        match (self.finish(&turn, error).await, channel) {
-            (Some(Ok(offset)), Some(channel)) => self.ack(id, channel, offset),
-            (Some(Err(e)), _) => {
-                self.refuse(id, ErrorCode::Unavailable, format!("turn end not published: {e}"))
+    fn attach(&mut self, sink: Arc<dyn Sink>) -> u64 {
+        self.generation += 1;
+        // What the replaced socket had not started writing goes to its
+        // successor first, in order.
+        let moved = match self.socket.take() {
+            Some((_, old)) => {
+                old.close(CloseReason::Replaced);
+                old.take_unsent()
             }
-            _ => self.refuse(
-                id,
-                ErrorCode::NotFound,
-                format!("no live turn {turn} in this session"),
-            ),
+            None => {
+                gauge!(telemetry::SESSIONS_CONNECTED).increment(1.0);
+                Vec::new()
+            }
+        };
+        self.buffer
+            .hand_over(sink.as_ref(), moved, self.limits.buffer_bytes);
+        self.socket = Some((self.generation, sink));
+        self.generation
+    }
+
+    fn detached(&mut self, me: &ActorRef<SessionMsg>, generation: u64, unsent: Vec<PreparedFrame>) {
+        if self.socket.as_ref().is_some_and(|(g, _)| *g == generation) {
+            self.socket = None;
+            gauge!(telemetry::SESSIONS_CONNECTED).decrement(1.0);
+            self.buffer.restore(unsent, self.limits.buffer_bytes);
+            self.detach_timers(me);
+        } else {
+            // A replaced socket's last, partly written frame: its successor
+            // already has everything after it.
+            self.buffer.lose(unsent.len() as u64);
+            self.report_gap();
         }
+    }
+
+    fn route_client_frame(&mut self, frame: PreparedFrame) -> Result<(), Offline> {
+        let offered = self.buffer.is_empty()
+            && self
+                .socket
+                .as_ref()
+                .is_some_and(|(_, sink)| sink.offer(&frame).is_ok());
+        if offered || self.buffer.push(frame, self.limits.buffer_bytes) {
+            counter!(telemetry::FRAMES_ROUTED).increment(1);
+            return Ok(());
+        }
+        self.buffer.lose(1);
+        counter!(telemetry::FRAMES_REFUSED).increment(1);
+        Err(Offline)
     }
 
     fn detach_timers(&self, me: &ActorRef<SessionMsg>) {
@@ -329,18 +259,6 @@ impl SessionState {
 
     fn away_since(&self, generation: u64) -> bool {
         self.socket.is_none() && self.generation == generation
-    }
-}
-
-/// A turn's rollup window: asked for at `turn_start`, else the org's first
-/// rule matching the channel, else none.
-fn rollup_window(rules: &[RollupRule], channel: &ChannelName, asked: Option<u32>) -> Duration {
-    match asked {
-        Some(ms) => Duration::from_millis(u64::from(ms)),
-        None => rules
-            .iter()
-            .find(|r| r.channels.matches(channel))
-            .map_or(Duration::ZERO, |r| r.window),
     }
 }
 
@@ -360,30 +278,19 @@ impl Actor for OperatorSession {
         let turns = record
             .turns
             .iter()
-            .map(|(turn, channel)| {
-                let live = LiveTurn {
-                    channel: channel.clone(),
-                    window: rollup_window(&record.rollup, channel, None),
-                    pending: String::new(),
-                    last_emit: None,
-                    flush_scheduled: false,
-                    bytes: 0,
-                };
-                (turn.clone(), live)
-            })
+            .map(|(turn, channel)| (turn.clone(), LiveTurn::new(channel.clone(), &record.rollup, None)))
             .collect();
         let state = SessionState {
             sid: record.sid,
             org: record.org,
             roles: record.roles,
             rollup: record.rollup,
-            backplane: args.backplane,
+            channels: args.channels,
             store: args.store,
             limits: args.limits,
             socket: None,
             generation: 0,
-            buffer: VecDeque::new(),
-            refused: 0,
+            buffer: Buffer::default(),
             turns,
         };
         // No socket yet: the clocks for expiry (and for inherited turns) run.
@@ -414,51 +321,12 @@ impl Actor for OperatorSession {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Attach(sink, reply) => {
-                state.generation += 1;
-                match state.socket.take() {
-                    Some((_, old)) => old.close(CloseReason::Replaced),
-                    None => gauge!(telemetry::SESSIONS_CONNECTED).increment(1.0),
-                }
-                for frame in state.buffer.drain(..) {
-                    let _ = sink.offer(&frame);
-                }
-                if state.refused > 0 {
-                    let _ = sink.offer(
-                        &ServerFrame::Gap {
-                            dropped: state.refused,
-                        }
-                        .prepare(),
-                    );
-                    state.refused = 0;
-                }
-                state.buffer = VecDeque::new();
-                state.socket = Some((state.generation, sink));
-                let _ = reply.send(state.generation);
+                let generation = state.attach(sink);
+                let _ = reply.send(generation);
             }
-            SessionMsg::Detached(generation) => {
-                if state.socket.as_ref().is_some_and(|(g, _)| *g == generation) {
-                    state.socket = None;
-                    gauge!(telemetry::SESSIONS_CONNECTED).decrement(1.0);
-                    state.detach_timers(&me);
-                }
-            }
+            SessionMsg::Detached(generation, unsent) => state.detached(&me, generation, unsent),
             SessionMsg::FromClient(frame, reply) => {
-                let delivered = state
-                    .socket
-                    .as_ref()
-                    .is_some_and(|(_, sink)| sink.offer(&frame).is_ok());
-                let result = if delivered || state.buffer.len() < state.limits.buffer {
-                    if !delivered {
-                        state.buffer.push_back(frame);
-                    }
-                    counter!(telemetry::FRAMES_ROUTED).increment(1);
-                    Ok(())
-                } else {
-                    state.refused += 1;
-                    counter!(telemetry::FRAMES_REFUSED).increment(1);
-                    Err(Offline)
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(state.route_client_frame(frame));
             }
             SessionMsg::FromOperator(frame, reply) => {
                 state.on_operator_frame(&me, frame).await;
@@ -485,5 +353,61 @@ impl Actor for OperatorSession {
             SessionMsg::Flush(turn) => state.flush(&turn).await,
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::MemorySink;
+    use switchboard_proto::ws::{self, OpCode};
+
+    fn frame(n: u8) -> PreparedFrame {
+        PreparedFrame::from_wire(ws::frame(OpCode::Text, &[n; 100]))
+    }
+
+    fn room(n: usize) -> usize {
+        n * charge(&frame(0))
+    }
+
+    fn payloads(sink: &MemorySink) -> Vec<u8> {
+        sink.drain().iter().map(|f| f.payload()[0]).collect()
+    }
+
+    #[test]
+    fn what_a_dead_socket_never_wrote_goes_first_and_the_rest_is_a_gap() {
+        let mut buffer = Buffer::default();
+        assert!(buffer.push(frame(3), room(3)));
+        buffer.restore(vec![frame(1), frame(2)], room(3));
+        assert!(!buffer.push(frame(4), room(3)), "full");
+        buffer.lose(1);
+        buffer.restore(vec![frame(0)], room(3));
+        // 0, 1, 2 fit; 3 no longer does: two lost in all.
+        let sink = MemorySink::new(room(10));
+        buffer.hand_over(&sink, Vec::new(), room(3));
+        let frames = sink.drain();
+        let gap = ServerFrame::decode(&frames[3].payload()).unwrap();
+        assert_eq!(
+            frames[..3].iter().map(|f| f.payload()[0]).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert!(
+            matches!(gap, ServerFrame::Gap { dropped: 2 }),
+            "{}",
+            gap.to_json()
+        );
+        assert!(buffer.is_empty() && buffer.lost == 0);
+    }
+
+    #[test]
+    fn a_socket_that_refuses_keeps_the_rest_buffered() {
+        let mut buffer = Buffer::default();
+        for n in 1..=3 {
+            assert!(buffer.push(frame(n), room(10)));
+        }
+        let small = MemorySink::new(room(2));
+        buffer.hand_over(&small, vec![frame(0)], room(10));
+        assert_eq!(payloads(&small), vec![0, 1]);
+        assert_eq!(buffer.frames.len(), 2, "2 and 3 wait for the next socket");
     }
 }

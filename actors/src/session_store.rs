@@ -70,9 +70,15 @@ impl SessionStore {
             .collect()
     }
 
-    pub(crate) fn set_turns(&self, sid: &Sid, turns: Vec<(TurnId, ChannelName)>) {
+    pub(crate) fn add_turn(&self, sid: &Sid, turn: &TurnId, channel: &ChannelName) {
         if let Some(mut r) = self.records.get_mut(sid) {
-            r.turns = turns;
+            r.turns.push((turn.clone(), channel.clone()));
+        }
+    }
+
+    pub(crate) fn remove_turn(&self, sid: &Sid, turn: &TurnId) {
+        if let Some(mut r) = self.records.get_mut(sid) {
+            r.turns.retain(|(t, _)| t != turn);
         }
     }
 }

@@ -11,7 +11,11 @@ pub const MESSAGES_IN: &str = "switchboard_messages_in_total";
 pub const DELIVERIES: &str = "switchboard_deliveries_total";
 pub const DELIVERED_BYTES: &str = "switchboard_delivered_bytes_total";
 pub const SLOW_CONSUMERS: &str = "switchboard_slow_consumer_disconnects_total";
-pub const QUEUE_DEPTH: &str = "switchboard_outbound_queue_depth";
+pub const QUEUE_BYTES: &str = "switchboard_outbound_queue_bytes";
+pub const CONNECTIONS_CLOSED: &str = "switchboard_connections_closed_total";
+pub const PUBLISH_ERRORS: &str = "switchboard_publish_errors_total";
+pub const HISTORY_CHANNELS: &str = "switchboard_history_channels";
+pub const GAP_FRAMES: &str = "switchboard_operator_frames_lost_total";
 pub const PUBLISH_FANOUT_SECONDS: &str = "switchboard_publish_to_write_seconds";
 pub const CLIENT_ERRORS: &str = "switchboard_client_errors_total";
 pub const ORG_ACTORS: &str = "switchboard_org_actors";
@@ -44,7 +48,24 @@ pub fn describe() {
         SLOW_CONSUMERS,
         "Connections cut off because their outbound queue overflowed"
     );
-    describe_histogram!(QUEUE_DEPTH, "Outbound queue depth when a frame had to be queued");
+    describe_histogram!(
+        QUEUE_BYTES,
+        Unit::Bytes,
+        "Bytes queued for a connection when a frame had to wait"
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Connections (client and operator) closed by the server, by reason"
+    );
+    describe_counter!(PUBLISH_ERRORS, "Publishes refused, by error code");
+    describe_gauge!(
+        HISTORY_CHANNELS,
+        "Channels with history in memory (a channel nobody published on has none)"
+    );
+    describe_counter!(
+        GAP_FRAMES,
+        "Frames for an absent operator that could not be kept (reported to it as a gap)"
+    );
     describe_histogram!(
         PUBLISH_FANOUT_SECONDS,
         Unit::Seconds,
@@ -84,12 +105,32 @@ pub(crate) fn delivered(n: usize, frame_len: usize) {
     }
 }
 
-pub(crate) fn published(started: std::time::Instant) {
+pub(crate) fn published(started: crate::clock::Instant) {
     counter!(MESSAGES_IN).increment(1);
     histogram!(PUBLISH_FANOUT_SECONDS).record(started.elapsed().as_secs_f64());
 }
 
-pub(crate) fn client_error(code: switchboard_proto::ErrorCode) {
+pub(crate) fn publish_refused(code: switchboard_proto::ErrorCode) {
+    counter!(PUBLISH_ERRORS, "code" => code.as_str()).increment(1);
+}
+
+/// A connection cut off because its queue (or its pending backlog) overflowed.
+pub fn slow_consumer() {
+    counter!(SLOW_CONSUMERS).increment(1);
+}
+
+/// The server closed a connection for `reason` (a label from a fixed set).
+pub fn closed(reason: &'static str) {
+    counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+}
+
+pub(crate) fn operator_frames_lost(n: u64) {
+    if n > 0 {
+        counter!(GAP_FRAMES).increment(n);
+    }
+}
+
+pub fn client_error(code: switchboard_proto::ErrorCode) {
     counter!(CLIENT_ERRORS, "code" => code.as_str()).increment(1);
 }
 

@@ -1,6 +1,6 @@
 //! The root of the supervision tree and the [`Services`] handle every
-//! request path shares: the hub, the backplane, history, limits and the two
-//! supervisors.
+//! request path shares: channels (hub, backplane, history), operator
+//! sessions, limits and the connection supervisor.
 //!
 //! Policy: the leaves fail alone (an `OrgActor` is restarted by `Orgs`, a
 //! connection's panic closes only that socket). `Orgs` and `Connections` do
@@ -9,48 +9,47 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use switchboard_proto::{ConnId, OrgId, Sid, Target};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
+use switchboard_proto::{ConnId, OrgId};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::backplane::{Backplane, History};
+use crate::channels::Channels;
 use crate::connection::{Connection, Identity};
 use crate::connections::{Connections, ConnectionsMsg, supervised};
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::link::FrameHandler;
-use crate::operator::{OperatorLink, OperatorShared};
-use crate::org::OrgHandle;
-use crate::org::{MintError, OrgMsg};
+use crate::org::{OrgError, OrgHandle};
 use crate::orgs::{Orgs, OrgsArgs, OrgsMsg};
-use crate::session::{SessionInfo, SessionLimits, SessionMsg};
-use crate::session_store::{SessionRecord, SessionStore};
+use crate::session::SessionLimits;
+use crate::session_store::SessionStore;
+use crate::sessions::{ConnIds, Sessions};
 use crate::sink::{CloseReason, Sink};
 
 /// What every request path needs, built once.
 pub struct Services {
-    pub hub: Arc<Hub>,
-    pub backplane: Arc<dyn Backplane>,
-    pub history: Arc<dyn History>,
+    pub channels: Arc<Channels>,
+    pub sessions: Sessions,
     pub limits: Limits,
     orgs: ActorRef<OrgsMsg>,
     connections: ActorRef<ConnectionsMsg>,
     /// Every connection's task, so draining can wait for them.
     tracker: TaskTracker,
-    sessions: Arc<SessionStore>,
-    next_conn: AtomicU64,
+    ids: Arc<ConnIds>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
     #[error("actor failed to start: {0}")]
-    Spawn(String),
+    Spawn(#[from] SpawnErr),
     #[error("the supervision tree is shutting down")]
     Stopped,
+    #[error(transparent)]
+    Org(#[from] OrgError),
 }
 
 impl Services {
@@ -62,8 +61,7 @@ impl Services {
         sink: Arc<dyn Sink>,
     ) -> Result<Connection, TreeError> {
         let actor = ractor::call!(self.orgs, OrgsMsg::Checkout, identity.org.clone())
-            .map_err(|_| TreeError::Stopped)?
-            .map_err(TreeError::Spawn)?;
+            .map_err(|_| TreeError::Stopped)??;
         let org = OrgHandle::new(identity.org.clone(), self.orgs.clone(), actor);
         Ok(Connection::new(
             self.next_conn_id(),
@@ -98,101 +96,7 @@ impl Services {
 
     /// A fresh id for a socket on this pod.
     pub fn next_conn_id(&self) -> ConnId {
-        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// Turns streaming on this pod now (draining waits for them).
-    pub fn live_turns(&self) -> usize {
-        self.sessions.live_turns()
-    }
-
-    /// The record of a live session (for authenticating its bearer token).
-    pub fn session_record(&self, sid: &Sid) -> Option<SessionRecord> {
-        self.sessions.get(sid)
-    }
-
-    /// The org's actor if it runs, without taking a hold on it.
-    async fn org_actor(&self, org: &OrgId) -> Option<ActorRef<OrgMsg>> {
-        ractor::call!(self.orgs, OrgsMsg::Lookup, org.clone())
-            .ok()
-            .flatten()
-    }
-
-    async fn session_actor(&self, sid: &Sid) -> Option<ActorRef<SessionMsg>> {
-        let record = self.sessions.get(sid)?;
-        let org = self.org_actor(&record.org).await?;
-        ractor::call!(org, OrgMsg::Resolve, Target::Op(sid.clone()))
-            .ok()
-            .flatten()
-    }
-
-    /// Creates an operator session: its roles are claimed atomically within
-    /// the org, and it holds the org until it ends.
-    pub async fn mint_session(&self, record: SessionRecord) -> Result<(), MintError> {
-        let org = record.org.clone();
-        let actor = ractor::call!(self.orgs, OrgsMsg::Checkout, org.clone())
-            .map_err(|_| MintError::Failed("shutting down".into()))?
-            .map_err(MintError::Failed)?;
-        let minted = ractor::call!(actor, OrgMsg::Mint, record)
-            .map_err(|_| MintError::Failed("org actor unavailable".into()))
-            .and_then(|r| r);
-        if minted.is_err() {
-            self.release_org(&org);
-        }
-        minted
-    }
-
-    pub async fn session_info(&self, sid: &Sid) -> Option<SessionInfo> {
-        let session = self.session_actor(sid).await?;
-        ractor::call!(session, SessionMsg::Info).ok()
-    }
-
-    /// Ends a session now: its socket closes, its roles are free at once.
-    pub async fn end_session(&self, sid: &Sid) -> bool {
-        let Some(record) = self.sessions.get(sid) else {
-            return false;
-        };
-        let Some(org) = self.org_actor(&record.org).await else {
-            return false;
-        };
-        ractor::call!(org, OrgMsg::EndSession, sid.clone()).unwrap_or(false)
-    }
-
-    /// The org's sessions, for its online list.
-    pub async fn org_sessions(&self, org: &OrgId) -> Vec<SessionInfo> {
-        let Some(actor) = self.org_actor(org).await else {
-            return Vec::new();
-        };
-        let sessions = ractor::call!(actor, OrgMsg::Sessions).unwrap_or_default();
-        let mut infos = Vec::with_capacity(sessions.len());
-        for session in sessions {
-            if let Ok(info) = ractor::call!(session, SessionMsg::Info) {
-                infos.push(info);
-            }
-        }
-        infos.sort_by(|a, b| a.sid.cmp(&b.sid));
-        infos
-    }
-
-    /// Attaches an operator's socket to its session; buffered frames are
-    /// written to it first. `None` if the session is gone.
-    pub async fn attach_operator(&self, sid: &Sid, sink: Arc<dyn Sink>) -> Option<OperatorLink> {
-        let session = self.session_actor(sid).await?;
-        let generation = ractor::call!(session, SessionMsg::Attach, Arc::clone(&sink)).ok()?;
-        let shared = OperatorShared {
-            id: self.next_conn_id(),
-            sid: sid.clone(),
-            sink,
-            session,
-            generation,
-        };
-        Some(OperatorLink {
-            shared: Arc::new(shared),
-        })
-    }
-
-    pub(crate) fn release_org(&self, org: &OrgId) {
-        let _ = self.orgs.cast(OrgsMsg::Release(org.clone()));
+        self.ids.next()
     }
 
     /// Connections open on this pod.
@@ -204,6 +108,11 @@ impl Services {
     pub async fn org_count(&self) -> usize {
         ractor::call!(self.orgs, OrgsMsg::Count).unwrap_or(0)
     }
+
+    /// Whether an org has an actor on this pod.
+    pub async fn org_running(&self, org: &OrgId) -> bool {
+        ractor::call!(self.orgs, OrgsMsg::Lookup, org.clone()).is_ok_and(|a| a.is_some())
+    }
 }
 
 pub enum RootMsg {
@@ -211,8 +120,7 @@ pub enum RootMsg {
 }
 
 struct RootArgs {
-    hub: Arc<Hub>,
-    backplane: Arc<dyn Backplane>,
+    channels: Arc<Channels>,
     sessions: Arc<SessionStore>,
     session_limits: SessionLimits,
     org_idle: Duration,
@@ -237,8 +145,7 @@ impl Actor for Root {
         args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
         let orgs_args = OrgsArgs {
-            hub: args.hub,
-            backplane: args.backplane,
+            channels: args.channels,
             sessions: args.sessions,
             session_limits: args.session_limits,
             idle: args.org_idle,
@@ -306,6 +213,7 @@ pub struct Tree {
 }
 
 impl Tree {
+    /// Starts the tree over a hub and the backplane that feeds it.
     pub async fn start(
         hub: Arc<Hub>,
         backplane: Arc<dyn Backplane>,
@@ -313,34 +221,26 @@ impl Tree {
         limits: Limits,
     ) -> Result<Tree, TreeError> {
         let tracker = TaskTracker::new();
-        let sessions = Arc::new(SessionStore::default());
+        let store = Arc::new(SessionStore::default());
+        let channels = Arc::new(Channels::new(hub, backplane, history));
         let args = RootArgs {
-            hub: Arc::clone(&hub),
-            backplane: Arc::clone(&backplane),
-            sessions: Arc::clone(&sessions),
-            session_limits: SessionLimits {
-                expiry: limits.session_expiry,
-                turn_grace: limits.turn_grace,
-                buffer: limits.operator_buffer,
-                max_turn_bytes: limits.max_turn_bytes,
-            },
+            channels: Arc::clone(&channels),
+            sessions: Arc::clone(&store),
+            session_limits: SessionLimits::from(&limits),
             org_idle: limits.org_idle,
             tracker: tracker.clone(),
         };
-        let (root, handle) = Actor::spawn(None, Root, args)
-            .await
-            .map_err(|e| TreeError::Spawn(e.to_string()))?;
+        let (root, handle) = Actor::spawn(None, Root, args).await?;
         let (orgs, connections) = ractor::call!(root, RootMsg::Children).map_err(|_| TreeError::Stopped)?;
+        let ids = Arc::new(ConnIds::default());
         let services = Arc::new(Services {
-            hub,
-            backplane,
-            history,
+            channels,
+            sessions: Sessions::new(orgs.clone(), store, Arc::clone(&ids)),
             limits,
             orgs,
             connections,
             tracker,
-            sessions,
-            next_conn: AtomicU64::new(1),
+            ids,
         });
         Ok(Tree {
             services,

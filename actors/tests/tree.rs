@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use switchboard_actors::backplane::BoxFuture;
 use switchboard_actors::{
-    Backplane, BackplaneError, ChannelKey, CloseReason, Event, History, HistoryLimits, HistoryRead, Hub,
-    Identity, InProcess, Limits, MemorySink, Published, Services, Tree,
+    Backplane, BackplaneError, ChannelKey, CloseReason, Event, FrameHandler, History, HistoryLimits,
+    HistoryRead, Hub, Identity, InProcess, Limits, MemorySink, Position, Published, Services, Tree,
 };
 use switchboard_proto::{ChannelPattern, ErrorCode, Grants, OrgId, ServerFrame, Subject};
 use tokio::sync::mpsc;
@@ -51,18 +51,18 @@ impl History for Faulty {
     fn read<'a>(
         &'a self,
         key: &'a ChannelKey,
-        since: Option<u64>,
+        from: Position,
         limit: usize,
     ) -> BoxFuture<'a, Result<HistoryRead, BackplaneError>> {
-        self.inner.read(key, since, limit)
+        self.inner.read(key, from, limit)
     }
 }
 
 async fn start(limits: Limits) -> Tree {
-    let hub = Arc::new(Hub::new(limits.outbound_queue));
+    let hub = Arc::new(Hub::new());
     let history = HistoryLimits {
         max_messages: 100,
-        max_age: Duration::from_secs(60),
+        ..HistoryLimits::default()
     };
     let faulty = Arc::new(Faulty {
         inner: InProcess::new(hub.clone(), history),
@@ -80,7 +80,7 @@ struct Client {
 
 impl Client {
     async fn open(services: &Arc<Services>, org: &str) -> Client {
-        let sink = Arc::new(MemorySink::new(1000));
+        let sink = Arc::new(MemorySink::new(1 << 20));
         let identity = Identity {
             org: OrgId::new(org).unwrap(),
             subject: Subject::new("tester").unwrap(),
@@ -147,7 +147,7 @@ async fn a_panicking_connection_closes_alone() {
     assert!(is_ack(&bystander.subscribe(1, "news").await, 1));
     let doomed = Client::open(&services, "acme").await;
     assert!(is_ack(&doomed.subscribe(1, "news").await, 1));
-    assert_eq!(services.hub.subscriber_count(&key("acme", "news")), 2);
+    assert_eq!(services.channels.hub().subscriber_count(&key("acme", "news")), 2);
 
     doomed.publish(2, "panic-publish", "1").await;
     assert_eq!(
@@ -157,7 +157,7 @@ async fn a_panicking_connection_closes_alone() {
     );
     assert_eq!(doomed.sink.closed(), Some(CloseReason::Internal));
     eventually("its subscription released", async || {
-        services.hub.subscriber_count(&key("acme", "news")) == 1
+        services.channels.hub().subscriber_count(&key("acme", "news")) == 1
     })
     .await;
     eventually("one connection left", async || {
@@ -229,7 +229,7 @@ async fn idle_orgs_stop_and_come_back() {
     assert_eq!(services.org_count().await, 1);
     drop(c); // ends the task: subscriptions and the org hold are released
     eventually("org actor idles out", async || services.org_count().await == 0).await;
-    assert!(!services.hub.has_subscribers(&key("acme", "chat")));
+    assert!(!services.channels.hub().has_subscribers(&key("acme", "chat")));
     let c = Client::open(&services, "acme").await;
     assert!(is_ack(&c.subscribe(1, "chat").await, 1));
     assert_eq!(services.org_count().await, 1);

@@ -11,12 +11,10 @@
 //! - [`operator`]: frames an operator session sends (turn events, publishes).
 //! - [`code`]: the stable error codes of the client protocol and the HTTP API.
 //! - [`ws`]: WebSocket framing (RFC 6455) for the server side of the socket.
-//! - [`envelope`]: the binary inter-pod envelope with its leading version byte.
 
 pub mod channel;
 pub mod client;
 pub mod code;
-pub mod envelope;
 pub mod ids;
 pub mod operator;
 pub mod prepared;
@@ -30,4 +28,4 @@ pub use code::ErrorCode;
 pub use ids::{ConnId, Epoch, OrgId, RequestId, RoleName, Sid, Subject, TurnId};
 pub use operator::OperatorFrame;
 pub use prepared::{PreparedFrame, TurnEvent};
-pub use server::{Ack, From, ServerFrame, TurnStatus};
+pub use server::{Ack, From, ServerFrame, TurnFailure, TurnStatus};

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
 use crate::ids::TurnId;
-use crate::server::TurnStatus;
+use crate::server::{TurnFailure, TurnStatus};
 use crate::ws::{self, FrameBuf, OpCode};
 
 /// A complete server→client WebSocket frame, shared by reference count.
@@ -79,7 +79,7 @@ impl PreparedFrame {
                 channel: &'a ChannelName,
                 offset: u64,
                 turn: &'a TurnId,
-                reason: &'a str,
+                reason: TurnFailure,
                 #[serde(skip_serializing_if = "Option::is_none")]
                 message: Option<&'a str>,
             },
@@ -98,7 +98,7 @@ impl PreparedFrame {
                 text: &'a str,
                 status: TurnStatus,
                 #[serde(skip_serializing_if = "Option::is_none")]
-                reason: Option<&'a str>,
+                reason: Option<TurnFailure>,
                 #[serde(skip_serializing_if = "Option::is_none")]
                 message: Option<&'a str>,
             },
@@ -200,7 +200,7 @@ pub enum TurnEvent<'a> {
     },
     Error {
         turn: &'a TurnId,
-        reason: &'a str,
+        reason: TurnFailure,
         message: Option<&'a str>,
     },
     Snapshot {
@@ -213,9 +213,21 @@ pub enum TurnEvent<'a> {
         start_offset: u64,
         text: &'a str,
         status: TurnStatus,
-        reason: Option<&'a str>,
+        reason: Option<TurnFailure>,
         message: Option<&'a str>,
     },
+}
+
+/// How many bytes `text` takes as a JSON string body (escapes included, the
+/// quotes not): what a turn's text costs in the frames that carry it.
+pub fn json_escaped_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// A close frame as a prepared frame.
@@ -244,6 +256,21 @@ mod tests {
         .to_json();
         assert_eq!(p.payload(), via_serde.as_bytes());
         assert_eq!(&p.wire()[..2], &[0x81, via_serde.len() as u8]);
+    }
+
+    #[test]
+    fn escaped_length_matches_serde() {
+        for text in [
+            "plain",
+            "a \"q\" \\ b",
+            "tab\tnew\nline\r",
+            "\u{1}\u{1f}\u{7f}",
+            "é😀",
+            "",
+        ] {
+            let json = serde_json::to_string(text).unwrap();
+            assert_eq!(json_escaped_len(text), json.len() - 2, "{json}");
+        }
     }
 
     #[test]
@@ -291,14 +318,14 @@ mod tests {
             (
                 TurnEvent::Error {
                     turn: &turn,
-                    reason: "operator_gone",
+                    reason: TurnFailure::OperatorGone,
                     message: None,
                 },
                 ServerFrame::TurnError {
                     channel: ch.clone(),
                     offset: 4,
                     turn: turn.clone(),
-                    reason: "operator_gone".into(),
+                    reason: TurnFailure::OperatorGone,
                     message: None,
                 },
             ),

@@ -47,13 +47,13 @@ pub enum ServerFrame {
         offset: u64,
         turn: TurnId,
     },
-    /// The turn failed: `reason` is `operator` (it said so, with `message`)
-    /// or `operator_gone` (its session vanished).
+    /// The turn failed: the operator said so (with `message`), or its
+    /// session vanished.
     TurnError {
         channel: ChannelName,
         offset: u64,
         turn: TurnId,
-        reason: String,
+        reason: TurnFailure,
         #[serde(skip_serializing_if = "Option::is_none")]
         message: Option<String>,
     },
@@ -75,7 +75,7 @@ pub enum ServerFrame {
         text: String,
         status: TurnStatus,
         #[serde(skip_serializing_if = "Option::is_none")]
-        reason: Option<String>,
+        reason: Option<TurnFailure>,
         #[serde(skip_serializing_if = "Option::is_none")]
         message: Option<String>,
     },
@@ -105,6 +105,25 @@ pub struct From {
 pub enum TurnStatus {
     Done,
     Error,
+}
+
+/// Why a turn failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnFailure {
+    /// The operator ended it with `turn_error` (its `message` says why).
+    Operator,
+    /// The operator's session ended, or its socket stayed away past the grace period.
+    OperatorGone,
+}
+
+impl TurnFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnFailure::Operator => "operator",
+            TurnFailure::OperatorGone => "operator_gone",
+        }
+    }
 }
 
 /// The reply to a request. Which fields are set depends on the request:
@@ -192,7 +211,7 @@ impl ServerFrame {
             text: Option<String>,
             text_so_far: Option<String>,
             start_offset: Option<u64>,
-            reason: Option<String>,
+            reason: Option<TurnFailure>,
             status: Option<TurnStatus>,
             from: Option<From>,
             reply_to: Option<ChannelName>,

@@ -59,6 +59,8 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// Never sent: what a peer reports when the connection dropped without a close frame.
     pub const ABNORMAL: u16 = 1006;
+    /// A text frame (or a close reason) was not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const INTERNAL_ERROR: u16 = 1011;
     /// The connection's outbound queue overflowed: reconnect and resume.

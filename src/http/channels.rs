@@ -12,11 +12,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use switchboard_actors::ChannelKey;
-use switchboard_actors::backplane::Event;
+use switchboard_actors::{ChannelKey, Event, Position};
 use switchboard_proto::{ChannelName, ErrorCode, OrgId};
 
-use super::{ApiError, App};
+use super::{ApiError, App, parse_json, read_body};
 use crate::auth::{bearer, verify_api_key};
 use crate::directory::Scope;
 
@@ -52,32 +51,13 @@ pub async fn publish(
 ) -> Result<Response, ApiError> {
     let key = channel_key(&org, &channel)?;
     authorize(&app, &headers, &key, Scope::Publish)?;
-    let max = app.ws.max_frame_bytes;
-    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
-        ApiError::of(
-            ErrorCode::FrameTooLarge,
-            format!("body exceeds the limit of {max} bytes"),
-        )
-    })?;
-    let parsed: PublishBody = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::of(
-            ErrorCode::ValidationError,
-            format!("body must be {{\"data\": <JSON>}}: {e}"),
-        )
-    })?;
+    let bytes = read_body(body, app.ws.max_frame_bytes).await?;
+    let parsed: PublishBody = parse_json(&bytes, r#"{"data": <JSON>}"#)?;
     let data = parsed
         .data
         .filter(|d| d.get() != "null")
         .ok_or_else(|| ApiError::of(ErrorCode::ValidationError, "missing field data"))?;
-    let published = app
-        .services
-        .backplane
-        .publish(&key, Event::Message(data))
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "publish failed");
-            ApiError::of(ErrorCode::Unavailable, "publish failed; retry")
-        })?;
+    let published = app.services.channels.publish(&key, Event::Message(data)).await?;
     Ok(Json(json!({"offset": published.offset, "epoch": published.epoch})).into_response())
 }
 
@@ -97,20 +77,15 @@ pub async fn history(
     authorize(&app, &headers, &key, Scope::History)?;
     let Query(q) = query.map_err(|e| ApiError::of(ErrorCode::ValidationError, e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_HISTORY_LIMIT).min(MAX_HISTORY_LIMIT);
-    let read = app
-        .services
-        .history
-        .read(&key, Some(q.since.unwrap_or(0)), limit)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "history read failed");
-            ApiError::of(ErrorCode::Unavailable, "history is unavailable; retry")
-        })?;
+    // Without `since`, the newest retained messages: what a page shows first.
+    let from = q.since.map_or(Position::Tail, Position::After);
+    let read = app.services.channels.read(&key, from, limit).await?;
     // The stored frames' payloads are the message JSON: splice them in as is.
-    let mut body = Vec::with_capacity(96 + read.messages.iter().map(|(_, f)| f.len() + 1).sum::<usize>());
+    let mut body = Vec::with_capacity(128 + read.messages.iter().map(|(_, f)| f.len() + 1).sum::<usize>());
+    let first = read.first.map_or_else(|| "null".to_owned(), |f| f.to_string());
     body.extend_from_slice(
         format!(
-            r#"{{"epoch":"{}","top":{},"complete":{},"more":{},"messages":["#,
+            r#"{{"epoch":"{}","top":{},"first":{first},"complete":{},"more":{},"messages":["#,
             read.epoch, read.top, read.complete, read.more
         )
         .as_bytes(),

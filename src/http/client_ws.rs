@@ -12,7 +12,7 @@ use serde::Deserialize;
 use switchboard_actors::{CloseReason, Sink};
 use switchboard_proto::ErrorCode;
 
-use super::sockets::switch;
+use super::sockets::{Side, switch};
 use super::{ApiError, App};
 use crate::auth::{LEEWAY_SECS, bearer, verify_client_token};
 use crate::ws::handshake::check_upgrade;
@@ -52,7 +52,7 @@ pub async fn upgrade(State(app): State<Arc<App>>, req: Request<Body>) -> Result<
         ));
     }
     let identity = verified.identity;
-    switch(&app, req, &key, move |app, sink| async move {
+    switch(&app, req, &key, Side::Client, move |app, sink| async move {
         if let Some(at) = close_at {
             sink.expire_at(at);
         }

@@ -13,12 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
 use serde_json::json;
-use switchboard_actors::Services;
+use switchboard_actors::{BackplaneError, Services};
 use switchboard_proto::ErrorCode;
 use tokio_util::task::TaskTracker;
 
@@ -119,6 +121,12 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<BackplaneError> for ApiError {
+    fn from(e: BackplaneError) -> Self {
+        ApiError::of(e.code(), e.public_message())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut error = json!({"code": self.code, "message": self.message});
@@ -126,6 +134,29 @@ impl IntoResponse for ApiError {
             object.insert(name.into(), value);
         }
         let body = json!({ "error": error });
-        (self.status, axum::Json(body)).into_response()
+        let mut res = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UPGRADE_REQUIRED {
+            // RFC 7231 §6.5.15 and RFC 6455 §4.4: say what to upgrade to.
+            let h = res.headers_mut();
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        res
     }
+}
+
+/// Reads a request body of at most `max` bytes.
+pub(crate) async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, max).await.map_err(|_| {
+        ApiError::of(
+            ErrorCode::FrameTooLarge,
+            format!("body exceeds the limit of {max} bytes"),
+        )
+    })
+}
+
+/// Parses a JSON body; `shape` tells the caller what was expected.
+pub(crate) fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::of(ErrorCode::ValidationError, format!("body must be {shape}: {e}")))
 }

@@ -18,14 +18,16 @@ use subtle::ConstantTimeEq;
 use switchboard_actors::{CloseReason, MintError, SessionInfo, SessionRecord, Sink};
 use switchboard_proto::{ErrorCode, RoleName, Sid};
 
-use super::sockets::switch;
-use super::{ApiError, App};
+use super::sockets::{Side, switch};
+use super::{ApiError, App, parse_json, read_body};
 use crate::auth::{bearer, random_token, verify_api_key};
 use crate::directory::Scope;
 use crate::ws::handshake::check_upgrade;
 
 /// Roles one session may claim.
 const MAX_ROLES: usize = 16;
+/// Largest mint body: a handful of role names.
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -40,18 +42,11 @@ fn info_json(info: &SessionInfo) -> serde_json::Value {
 
 pub async fn mint(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let org = verify_api_key(app.directory.as_ref(), bearer(&headers), None, Scope::Operators)?;
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .map_err(|_| ApiError::of(ErrorCode::FrameTooLarge, "body exceeds 64 KiB"))?;
+    let bytes = read_body(body, MAX_BODY_BYTES).await?;
     let parsed: MintBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         MintBody::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::of(
-                ErrorCode::ValidationError,
-                format!("body must be {{\"roles\": [\"<role>\", ...]}}: {e}"),
-            )
-        })?
+        parse_json(&bytes, r#"{"roles": ["<role>", ...]}"#)?
     };
     let mut roles = parsed.roles;
     roles.sort();
@@ -74,23 +69,23 @@ pub async fn mint(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -
         rollup: Arc::clone(&org.rollup),
         turns: Vec::new(),
     };
-    match app.services.mint_session(record).await {
+    match app.services.sessions.mint(record).await {
         Ok(()) => Ok((
             StatusCode::CREATED,
             Json(json!({"sid": sid, "token": token, "roles": roles})),
         )
             .into_response()),
-        Err(MintError::Conflict(taken)) => Err(ApiError::of(
-            ErrorCode::Conflict,
-            MintError::Conflict(taken.clone()).to_string(),
-        )
-        .with("roles", json!(taken))),
-        Err(MintError::Failed(e)) => {
+        Err(e @ MintError::Conflict(_)) => {
+            let message = e.to_string();
+            let MintError::Conflict(taken) = e else {
+                unreachable!("matched above")
+            };
+            Err(ApiError::of(ErrorCode::Conflict, message).with("roles", json!(taken)))
+        }
+        Err(e @ MintError::TooMany(_)) => Err(ApiError::of(ErrorCode::LimitExceeded, e.to_string())),
+        Err(MintError::Org(e)) => {
             tracing::error!(error = %e, "session mint failed");
-            Err(ApiError::of(
-                ErrorCode::Unavailable,
-                "the session could not be started; retry",
-            ))
+            Err(ApiError::of(e.code(), e.public_message()))
         }
     }
 }
@@ -99,7 +94,8 @@ pub async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Res
     let org = verify_api_key(app.directory.as_ref(), bearer(&headers), None, Scope::Operators)?;
     let sessions: Vec<_> = app
         .services
-        .org_sessions(&org.id)
+        .sessions
+        .of_org(&org.id)
         .await
         .iter()
         .map(info_json)
@@ -112,7 +108,7 @@ pub async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Res
 fn authorize(app: &App, sid: &str, headers: &HeaderMap) -> Result<Sid, ApiError> {
     let not_found = || ApiError::of(ErrorCode::NotFound, "no such operator session");
     let sid = Sid::new(sid).map_err(|_| not_found())?;
-    let record = app.services.session_record(&sid).ok_or_else(not_found)?;
+    let record = app.services.sessions.record(&sid).ok_or_else(not_found)?;
     let presented = bearer(headers)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::of(ErrorCode::Unauthorized, "missing or invalid credentials"))?;
@@ -134,7 +130,8 @@ pub async fn get(
     let sid = authorize(&app, &sid, &headers)?;
     let info = app
         .services
-        .session_info(&sid)
+        .sessions
+        .info(&sid)
         .await
         .ok_or_else(|| ApiError::of(ErrorCode::NotFound, "no such operator session"))?;
     Ok(Json(info_json(&info)).into_response())
@@ -146,7 +143,7 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let sid = authorize(&app, &sid, &headers)?;
-    if !app.services.end_session(&sid).await {
+    if !app.services.sessions.end(&sid).await {
         return Err(ApiError::of(ErrorCode::NotFound, "no such operator session"));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -159,8 +156,8 @@ pub async fn connect(
 ) -> Result<Response, ApiError> {
     let sid = authorize(&app, &sid, req.headers())?;
     let key = check_upgrade(&req)?;
-    switch(&app, req, &key, move |app, sink| async move {
-        let link = app.services.attach_operator(&sid, sink.clone()).await;
+    switch(&app, req, &key, Side::Operator, move |app, sink| async move {
+        let link = app.services.sessions.attach(&sid, sink.clone()).await;
         if link.is_none() {
             sink.abort(CloseReason::SessionEnded);
         }

@@ -14,7 +14,7 @@ use switchboard_proto::ErrorCode;
 
 use super::{ApiError, App};
 use crate::ws::handshake::{switching_protocols, take_socket};
-use crate::ws::{SocketSink, task};
+use crate::ws::{Socket, task};
 
 /// Holds one of `max_connections` places until dropped.
 struct Place(Arc<AtomicUsize>);
@@ -31,18 +31,27 @@ fn take_place(app: &App) -> Option<Place> {
     (taken < app.max_connections).then_some(place)
 }
 
+/// Which side of the protocol a socket serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    Client,
+    /// An operator socket: what it never writes goes back to its session.
+    Operator,
+}
+
 /// Answers 101 and, once the socket is ours, runs `open` to get its frame
-/// handler (`None` refuses it; `open` has closed the sink) and then the
+/// handler (`None` refuses it; `open` has closed the socket) and then the
 /// socket's task under supervision.
 pub(super) fn switch<H, F, Fut>(
     app: &Arc<App>,
     mut req: Request<Body>,
     key: &HeaderValue,
+    side: Side,
     open: F,
 ) -> Result<Response, ApiError>
 where
     H: FrameHandler,
-    F: FnOnce(Arc<App>, Arc<SocketSink>) -> Fut + Send + 'static,
+    F: FnOnce(Arc<App>, Arc<Socket>) -> Fut + Send + 'static,
     Fut: Future<Output = Option<H>> + Send,
 {
     if !app.is_ready() {
@@ -63,10 +72,11 @@ where
         let Some((stream, initial)) = take_socket(on_upgrade).await else {
             return;
         };
-        let sink = Arc::new(SocketSink::new(
+        let sink = Arc::new(Socket::new(
             stream,
-            app.services.limits.outbound_queue,
+            app.services.limits.outbound_queue_bytes,
             app.ws.heartbeat,
+            side == Side::Operator,
         ));
         let Some(handler) = open(Arc::clone(&app), Arc::clone(&sink)).await else {
             return;

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard_proto::{ChannelPattern, ErrorCode, Grants, OrgId, Subject, TargetPattern};
 
-use super::{ApiError, App};
+use super::{ApiError, App, parse_json, read_body};
 use crate::auth::{bearer, now_secs, verify_api_key};
 use crate::directory::Scope;
 use crate::tickets::{DEFAULT_TTL_SECS, TTL_SECS, TicketClaims};
@@ -47,15 +47,8 @@ pub async fn mint(
         Some(&org),
         Scope::Tickets,
     )?;
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError::of(ErrorCode::FrameTooLarge, "body exceeds 64 KiB"))?;
-    let body: TicketBody = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::of(
-            ErrorCode::ValidationError,
-            format!("body must be {{\"sub\", \"subscribe\"?, \"publish\"?, \"send\"?, \"ttl_s\"?}}: {e}"),
-        )
-    })?;
+    let bytes = read_body(body, MAX_BODY_BYTES).await?;
+    let body: TicketBody = parse_json(&bytes, r#"{"sub", "subscribe"?, "publish"?, "send"?, "ttl_s"?}"#)?;
     let ttl = body.ttl_s.unwrap_or(DEFAULT_TTL_SECS);
     if !TTL_SECS.contains(&ttl) {
         return Err(ApiError::of(

@@ -1,22 +1,11 @@
-//! Reads client frames off a socket without a per-connection buffer while
-//! idle: bytes are read into a buffer allocated on demand and freed once
-//! everything in it was handled. Messages larger than the limit are skipped
-//! as they stream in, never buffered.
-
-use std::cell::RefCell;
-use std::io;
+//! Parses client frames from the bytes a socket read, without I/O (the
+//! socket feeds it) and without a per-connection buffer while idle: bytes
+//! are kept in a buffer allocated on demand, grown only as data arrives
+//! (never by what a header announces), and freed once everything in it was
+//! handled. Messages larger than the limit are skipped as they stream in,
+//! never buffered. Text must be UTF-8 and close payloads well formed.
 
 use switchboard_proto::ws::{self, FrameError, OpCode};
-use tokio::net::TcpStream;
-
-/// Bytes read from the socket per `read` call, at most.
-const READ_CHUNK: usize = 16 * 1024;
-
-thread_local! {
-    /// Every connection on a worker thread reads into this one buffer and
-    /// keeps (copies) only what it read, so an idle connection holds none.
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
-}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
@@ -31,8 +20,11 @@ pub enum Event {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadError {
+    /// The peer broke the framing rules (close with 1002).
     Protocol(&'static str),
     Frame(FrameError),
+    /// A text message or close reason that is not UTF-8 (close with 1007).
+    InvalidUtf8,
 }
 
 pub struct FrameReader {
@@ -46,42 +38,30 @@ pub struct FrameReader {
     skipping: u64,
     /// Dropping the rest of an oversized fragmented message, up to its final frame.
     discarding: bool,
-}
-
-/// What one read from the socket gave.
-pub enum Filled {
-    Bytes,
-    Eof,
-    WouldBlock,
+    /// Data messages (and close frames) completed so far.
+    completed: u64,
 }
 
 impl FrameReader {
-    pub fn new(max: usize, initial: &[u8]) -> Self {
+    pub fn new(max: usize) -> Self {
         Self {
-            buf: initial.to_vec(),
+            buf: Vec::new(),
             start: 0,
             max,
             message: None,
             skipping: 0,
             discarding: false,
+            completed: 0,
         }
     }
 
-    /// Reads what the socket has, without waiting.
-    pub fn fill(&mut self, stream: &TcpStream) -> io::Result<Filled> {
-        SCRATCH.with_borrow_mut(|scratch| match stream.try_read(scratch) {
-            Ok(0) => Ok(Filled::Eof),
-            Ok(n) => {
-                if self.start > 0 {
-                    self.buf.drain(..self.start);
-                    self.start = 0;
-                }
-                self.buf.extend_from_slice(&scratch[..n]);
-                Ok(Filled::Bytes)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Filled::WouldBlock),
-            Err(e) => Err(e),
-        })
+    /// Adds bytes read from the socket.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
     }
 
     /// Frees the buffer when everything in it was handled.
@@ -90,6 +70,20 @@ impl FrameReader {
             self.buf = Vec::new();
             self.start = 0;
         }
+    }
+
+    /// Bytes the reader holds on to (its buffer and any message being assembled).
+    pub fn held(&self) -> usize {
+        self.buf.capacity() + self.message.as_ref().map_or(0, |(_, m)| m.capacity())
+    }
+
+    /// `None` when the reader sits between messages; otherwise how many
+    /// messages were completed before the one in progress, so a caller can
+    /// time each message (a client trickling one frame forever is cut off).
+    pub fn progress(&self) -> Option<u64> {
+        let clean =
+            self.start == self.buf.len() && self.message.is_none() && self.skipping == 0 && !self.discarding;
+        (!clean).then_some(self.completed)
     }
 
     fn pending(&self) -> &[u8] {
@@ -106,6 +100,9 @@ impl FrameReader {
                 if self.skipping > 0 {
                     return Ok(None);
                 }
+                if !self.discarding {
+                    self.completed += 1;
+                }
             }
             let Some(head) = ws::parse_head(self.pending()).map_err(ReadError::Frame)? else {
                 return Ok(None);
@@ -116,11 +113,15 @@ impl FrameReader {
                     return Ok(None);
                 }
                 let payload = self.take_payload(head.header_len, head.payload_len as usize, head.mask);
-                return Ok(Some(match head.opcode {
-                    OpCode::Ping => Event::Ping(payload),
-                    OpCode::Pong => Event::Pong,
-                    _ => Event::Close,
-                }));
+                return match head.opcode {
+                    OpCode::Ping => Ok(Some(Event::Ping(payload))),
+                    OpCode::Pong => Ok(Some(Event::Pong)),
+                    _ => {
+                        check_close_payload(&payload)?;
+                        self.completed += 1;
+                        Ok(Some(Event::Close))
+                    }
+                };
             }
             let continuing = self.message.is_some() || self.discarding;
             match head.opcode {
@@ -141,6 +142,9 @@ impl FrameReader {
                 self.discarding = !head.fin;
                 self.start += head.header_len;
                 self.skipping = head.payload_len;
+                if self.skipping == 0 && !self.discarding {
+                    self.completed += 1;
+                }
                 if announce {
                     return Ok(Some(Event::Oversized(so_far + head.payload_len)));
                 }
@@ -148,7 +152,7 @@ impl FrameReader {
             }
             let len = head.payload_len as usize;
             if self.pending().len() < head.header_len + len {
-                self.buf.reserve(head.header_len + len - self.pending().len());
+                // Wait for the payload; room for it is made as it arrives.
                 return Ok(None);
             }
             let payload = self.take_payload(head.header_len, len, head.mask);
@@ -163,10 +167,12 @@ impl FrameReader {
                 self.message = Some((opcode, data));
                 continue;
             }
-            return Ok(Some(match opcode {
-                OpCode::Binary => Event::Binary,
-                _ => Event::Text(data),
-            }));
+            self.completed += 1;
+            return match opcode {
+                OpCode::Binary => Ok(Some(Event::Binary)),
+                _ if std::str::from_utf8(&data).is_err() => Err(ReadError::InvalidUtf8),
+                _ => Ok(Some(Event::Text(data))),
+            };
         }
     }
 
@@ -177,6 +183,24 @@ impl FrameReader {
         let out = payload.to_vec();
         self.start = at + len;
         out
+    }
+}
+
+/// A close payload is empty, or a status code a peer may send followed by a
+/// UTF-8 reason (RFC 6455 §5.5.1, §7.4).
+fn check_close_payload(payload: &[u8]) -> Result<(), ReadError> {
+    match payload {
+        [] => Ok(()),
+        [_] => Err(ReadError::Protocol("a close payload of one byte")),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            if !sendable {
+                return Err(ReadError::Protocol("a close code a peer may not send"));
+            }
+            std::str::from_utf8(reason).map_err(|_| ReadError::InvalidUtf8)?;
+            Ok(())
+        }
     }
 }
 
@@ -204,7 +228,8 @@ mod tests {
     }
 
     fn events(max: usize, bytes: &[u8]) -> Vec<Result<Event, ReadError>> {
-        let mut r = FrameReader::new(max, bytes);
+        let mut r = FrameReader::new(max);
+        r.feed(bytes);
         let mut out = Vec::new();
         loop {
             match r.next_event() {
@@ -225,7 +250,7 @@ mod tests {
         bytes.extend(frame(9, true, b"p")); // control frames may interleave
         bytes.extend(frame(0, true, b"o"));
         bytes.extend(frame(2, true, b"bin"));
-        bytes.extend(frame(8, true, &[3, 232]));
+        bytes.extend(frame(8, true, &[3, 232, b'o', b'k']));
         assert_eq!(
             events(100, &bytes),
             vec![
@@ -283,5 +308,71 @@ mod tests {
             events(100, &[0x81, 0x01, b'x']),
             vec![Err(ReadError::Frame(FrameError::Unmasked))]
         );
+    }
+
+    #[test]
+    fn a_header_reserves_nothing_it_has_not_received() {
+        let whole = frame(1, true, &[b'x'; 60_000]);
+        let mut r = FrameReader::new(65_536);
+        r.feed(&whole[..14]);
+        assert_eq!(r.next_event(), Ok(None));
+        assert!(r.held() < 64, "holds {} bytes for a 14-byte header", r.held());
+        assert_eq!(r.progress(), Some(0), "a frame is in progress");
+        r.feed(&whole[14..30_000]);
+        assert_eq!(r.next_event(), Ok(None));
+        assert!(r.held() < 2 * 30_000);
+        r.feed(&whole[30_000..]);
+        assert!(matches!(r.next_event(), Ok(Some(Event::Text(t))) if t.len() == 60_000));
+        assert_eq!(r.progress(), None);
+    }
+
+    #[test]
+    fn progress_counts_completed_messages() {
+        let mut r = FrameReader::new(100);
+        let mut bytes = frame(1, true, b"one");
+        bytes.extend(&frame(1, true, b"two")[..3]);
+        r.feed(&bytes);
+        assert!(matches!(r.next_event(), Ok(Some(Event::Text(_)))));
+        assert_eq!(r.next_event(), Ok(None));
+        assert_eq!(r.progress(), Some(1), "the second message is under way");
+        // A ping in the middle of a fragmented message does not complete it.
+        let mut r = FrameReader::new(100);
+        let mut bytes = frame(1, false, b"a");
+        bytes.extend(frame(9, true, b""));
+        r.feed(&bytes);
+        assert!(matches!(r.next_event(), Ok(Some(Event::Ping(_)))));
+        assert_eq!(r.next_event(), Ok(None));
+        assert_eq!(r.progress(), Some(0));
+    }
+
+    #[test]
+    fn text_must_be_utf8() {
+        assert_eq!(
+            events(100, &frame(1, true, &[0xff, 0xfe])),
+            vec![Err(ReadError::InvalidUtf8)]
+        );
+        // Split across fragments, a valid sequence is fine.
+        let e_acute = "é".as_bytes();
+        let mut bytes = frame(1, false, &e_acute[..1]);
+        bytes.extend(frame(0, true, &e_acute[1..]));
+        assert_eq!(events(100, &bytes), vec![Ok(Event::Text(e_acute.to_vec()))]);
+    }
+
+    #[test]
+    fn close_payloads_are_checked() {
+        let close = |payload: &[u8]| events(100, &frame(8, true, payload));
+        assert_eq!(close(&[]), vec![Ok(Event::Close)]);
+        assert_eq!(close(&[0x03, 0xe8, b'b', b'y', b'e']), vec![Ok(Event::Close)]);
+        assert_eq!(close(&[0x0f, 0xa0]), vec![Ok(Event::Close)], "4000: private use");
+        for bad in [
+            &[0x03][..],
+            &[0x03, 0xed],
+            &[0x03, 0xee],
+            &[0x00, 0x10],
+            &[0x13, 0x88],
+        ] {
+            assert!(matches!(close(bad)[..], [Err(ReadError::Protocol(_))]), "{bad:?}");
+        }
+        assert_eq!(close(&[0x03, 0xe8, 0xff]), vec![Err(ReadError::InvalidUtf8)]);
     }
 }

@@ -1,36 +1,23 @@
-//! A client connection's task: reads frames and hands them to the protocol
-//! logic one at a time, writes what the sink had to queue, pings an idle
-//! peer, and closes the socket cleanly.
+//! A connection's task: reads frames and hands them to the protocol logic
+//! one at a time (writing meanwhile), writes what the socket had to queue,
+//! and closes the socket cleanly. The writing itself is the [`Socket`]'s.
 
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use switchboard_actors::{CloseReason, FrameHandler, Sink};
 use switchboard_proto::PreparedFrame;
 use switchboard_proto::ws::{self, OpCode};
-use tokio::time::timeout;
 
-use super::reader::{Event, Filled, FrameReader, ReadError};
-use super::socket::SocketSink;
-
-/// How long a closing connection may take to get its close frame out and
-/// hear the peer's.
-const CLOSE_PATIENCE: Duration = Duration::from_secs(2);
+use super::reader::{Event, FrameReader, ReadError};
+use super::socket::{Filled, Flush, Heartbeat, Socket};
 
 #[derive(Clone, Copy, Debug)]
 pub struct WsSettings {
     pub max_frame_bytes: usize,
-    pub heartbeat: super::socket::Heartbeat,
-}
-
-/// Bytes taken from the sink's queue and not yet written.
-struct Pending {
-    bytes: Bytes,
-    /// The socket's byte stream currently ends inside one of these frames.
-    torn: bool,
+    pub heartbeat: Heartbeat,
 }
 
 enum Wake {
@@ -44,31 +31,28 @@ enum Wake {
 /// frame handling and closing run in boxed futures of their own, and the
 /// bytes hyper read past the handshake are copied out (the `Bytes` would
 /// pin hyper's whole read buffer).
-pub async fn run<H: FrameHandler>(sink: Arc<SocketSink>, mut conn: H, initial: Bytes, settings: WsSettings) {
-    let mut reader = FrameReader::new(settings.max_frame_bytes, &initial);
+pub async fn run<H: FrameHandler>(socket: Arc<Socket>, mut conn: H, initial: Bytes, settings: WsSettings) {
+    let mut reader = FrameReader::new(settings.max_frame_bytes);
+    reader.feed(&initial);
     drop(initial);
-    let mut reading = handle_events(&mut conn, &mut reader, &sink, settings).await;
-    let mut pending: Option<Pending> = None;
+    let mut reading = read_events(&mut conn, &mut reader, &socket, settings, None).await;
     loop {
-        write_queued(&sink, &mut pending);
-        if let Some(reason) = sink.closing()
-            && (pending.is_none() || !reason.flush_first())
-        {
-            let clean = pending.as_ref().is_none_or(|p| !p.torn);
-            return Box::pin(finish(&sink, reason, clean && !sink.torn())).await;
+        let flushed = socket.flush();
+        if let Some(reason) = socket.closing() {
+            return Box::pin(socket.finish(reason)).await;
         }
         // One small hand-written future instead of `select!` over three:
         // this is what every idle connection's task is parked on.
         let wake = poll_fn(|cx| {
-            if sink.poll_signal(cx) {
+            if socket.poll_signal(cx) {
                 return Poll::Ready(Wake::Signaled);
             }
-            if pending.is_some()
-                && let Poll::Ready(r) = sink.stream.poll_write_ready(cx)
+            if flushed == Flush::Blocked
+                && let Poll::Ready(r) = socket.poll_write_ready(cx)
             {
                 return Poll::Ready(if r.is_ok() { Wake::Writable } else { Wake::Failed });
             }
-            if reading && let Poll::Ready(r) = sink.stream.poll_read_ready(cx) {
+            if reading && let Poll::Ready(r) = socket.poll_read_ready(cx) {
                 return Poll::Ready(if r.is_ok() { Wake::Readable } else { Wake::Failed });
             }
             Poll::Pending
@@ -76,25 +60,40 @@ pub async fn run<H: FrameHandler>(sink: Arc<SocketSink>, mut conn: H, initial: B
         .await;
         match wake {
             Wake::Signaled | Wake::Writable => {}
-            Wake::Failed => sink.close(CloseReason::PeerGone),
-            Wake::Readable => match reader.fill(&sink.stream) {
-                Ok(Filled::Bytes) => {
-                    sink.heard();
-                    reading = handle_events(&mut conn, &mut reader, &sink, settings).await;
-                    reader.release_idle();
+            Wake::Failed => socket.close(CloseReason::PeerGone),
+            Wake::Readable => {
+                let before = reader.progress();
+                match socket.read(&mut reader) {
+                    Ok(Filled::Bytes) => {
+                        reading = read_events(&mut conn, &mut reader, &socket, settings, before).await;
+                        reader.release_idle();
+                    }
+                    Ok(Filled::WouldBlock) => {}
+                    Ok(Filled::Eof) | Err(_) => socket.close(CloseReason::PeerGone),
                 }
-                Ok(Filled::WouldBlock) => {}
-                Ok(Filled::Eof) | Err(_) => sink.close(CloseReason::PeerGone),
-            },
+            }
         }
     }
 }
 
-/// Handles every complete event read so far. Returns whether to keep reading.
+/// Handles every complete event read so far, the socket writing meanwhile,
+/// and times the message still in progress. Returns whether to keep reading.
+async fn read_events<H: FrameHandler>(
+    conn: &mut H,
+    reader: &mut FrameReader,
+    socket: &Socket,
+    settings: WsSettings,
+    before: Option<u64>,
+) -> bool {
+    let reading = Box::pin(socket.serve(handle_events(conn, reader, socket, settings))).await;
+    socket.track_message(before, reader.progress());
+    reading
+}
+
 async fn handle_events<H: FrameHandler>(
     conn: &mut H,
     reader: &mut FrameReader,
-    sink: &SocketSink,
+    socket: &Socket,
     settings: WsSettings,
 ) -> bool {
     loop {
@@ -108,87 +107,24 @@ async fn handle_events<H: FrameHandler>(
             }
             Ok(Some(Event::Pong)) => {}
             Ok(Some(Event::Close)) => {
-                sink.close(CloseReason::Normal);
+                socket.close(CloseReason::Normal);
                 return false;
             }
             Err(e) => {
-                match e {
-                    ReadError::Protocol(why) => tracing::debug!(reason = why, "protocol error"),
-                    ReadError::Frame(e) => tracing::debug!(error = %e, "protocol error"),
-                }
-                sink.close(CloseReason::Protocol);
+                let reason = match e {
+                    ReadError::InvalidUtf8 => CloseReason::InvalidData,
+                    ReadError::Protocol(why) => {
+                        tracing::debug!(reason = why, "protocol error");
+                        CloseReason::Protocol
+                    }
+                    ReadError::Frame(e) => {
+                        tracing::debug!(error = %e, "protocol error");
+                        CloseReason::Protocol
+                    }
+                };
+                socket.close(reason);
                 return false;
             }
         }
     }
-}
-
-/// Writes as much of the queued bytes as the socket takes now.
-fn write_queued(sink: &SocketSink, pending: &mut Option<Pending>) {
-    loop {
-        if pending.is_none() {
-            *pending = sink.take_queued().map(|(bytes, torn)| Pending { bytes, torn });
-        }
-        let Some(p) = pending.as_mut() else { return };
-        match sink.stream.try_write(&p.bytes) {
-            Ok(n) if n == p.bytes.len() => *pending = None,
-            Ok(n) => {
-                p.bytes.advance(n);
-                p.torn = true;
-                return;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-            Err(_) => {
-                *pending = None;
-                sink.close(CloseReason::PeerGone);
-                return;
-            }
-        }
-    }
-}
-
-/// Sends the close frame (when the stream is at a frame boundary), shuts the
-/// write side and waits briefly for the peer to close its side.
-async fn finish(sink: &SocketSink, reason: CloseReason, at_frame_boundary: bool) {
-    let stream = &sink.stream;
-    if reason.sends_frame() && at_frame_boundary {
-        let frame = reason.frame();
-        let mut rest = frame.wire().clone();
-        let _ = timeout(CLOSE_PATIENCE, async {
-            while !rest.is_empty() {
-                match stream.try_write(&rest) {
-                    Ok(n) => rest.advance(n),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if stream.writable().await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => return,
-                }
-            }
-        })
-        .await;
-    }
-    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
-    if reason == CloseReason::PeerGone {
-        return;
-    }
-    // Read (and drop) until the peer closes, so it sees our close frame
-    // instead of a reset caused by unread data.
-    let _ = timeout(CLOSE_PATIENCE, async {
-        // On the heap: this future is part of every connection's task, idle or not.
-        let mut scratch = vec![0u8; 512];
-        loop {
-            if stream.readable().await.is_err() {
-                return;
-            }
-            match stream.try_read(&mut scratch) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        }
-    })
-    .await;
 }

@@ -1,0 +1,87 @@
+//! [`Channels`]: the one home for publishing and reading channels. HTTP
+//! publish, client publish and operator turns all call
+//! [`Channels::publish`], which owns its metrics and its logging; every
+//! subscribe and history read goes through [`Channels::read`]. Behind it
+//! are the hub and whichever backplane the server runs with.
+
+use std::sync::Arc;
+
+use crate::backplane::{Backplane, BackplaneError, Event, History, HistoryRead, Position, Published};
+use crate::clock;
+use crate::hub::{ChannelKey, Hub};
+use crate::telemetry;
+
+pub struct Channels {
+    hub: Arc<Hub>,
+    backplane: Arc<dyn Backplane>,
+    history: Arc<dyn History>,
+}
+
+impl Channels {
+    pub fn new(hub: Arc<Hub>, backplane: Arc<dyn Backplane>, history: Arc<dyn History>) -> Self {
+        Self {
+            hub,
+            backplane,
+            history,
+        }
+    }
+
+    /// This pod's subscribers.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Appends `event` to the channel and fans it out.
+    pub async fn publish(&self, key: &ChannelKey, event: Event<'_>) -> Result<Published, BackplaneError> {
+        let started = clock::now();
+        let result = self.backplane.publish(key, event).await;
+        match &result {
+            Ok(_) => telemetry::published(started),
+            Err(e) => {
+                telemetry::publish_refused(e.code());
+                log_unavailable(key, "publish", e);
+            }
+        }
+        result
+    }
+
+    /// Reads the channel's history from `from`, at most `limit` messages.
+    pub async fn read(
+        &self,
+        key: &ChannelKey,
+        from: Position,
+        limit: usize,
+    ) -> Result<HistoryRead, BackplaneError> {
+        let result = self.history.read(key, from, limit).await;
+        if let Err(e) = &result {
+            log_unavailable(key, "history read", e);
+        }
+        result
+    }
+
+    /// Starts receiving `key` from the backplane (its first local subscriber).
+    pub async fn attach(&self, key: &ChannelKey) -> Result<(), BackplaneError> {
+        let result = self.backplane.attach(key).await;
+        if let Err(e) = &result {
+            log_unavailable(key, "attach", e);
+        }
+        result
+    }
+
+    pub fn detach(&self, key: &ChannelKey) {
+        self.backplane.detach(key);
+    }
+
+    /// The backplane's periodic upkeep.
+    pub fn maintain(&self) {
+        self.backplane.maintain();
+    }
+}
+
+/// Turn mistakes are the caller's and are answered to it; an unavailable
+/// backplane is ours to look into.
+fn log_unavailable(key: &ChannelKey, what: &'static str, e: &BackplaneError) {
+    if let BackplaneError::Unavailable(detail) = e {
+        tracing::warn!(org = %key.org, channel = %key.channel, error = %detail, "{what} failed");
+    }
+}

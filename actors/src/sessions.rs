@@ -1,0 +1,126 @@
+//! [`Sessions`]: how request paths reach operator sessions (mint, inspect,
+//! list, end, attach a socket) without knowing which org actor holds them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ractor::ActorRef;
+use switchboard_proto::{ConnId, OrgId, Sid, Target};
+
+use crate::operator::{OperatorLink, OperatorShared};
+use crate::org::{MintError, OrgError, OrgMsg};
+use crate::orgs::OrgsMsg;
+use crate::session::{SessionInfo, SessionMsg};
+use crate::session_store::{SessionRecord, SessionStore};
+use crate::sink::Sink;
+
+/// Socket ids, unique on this pod (client and operator sockets alike).
+#[derive(Default)]
+pub struct ConnIds(AtomicU64);
+
+impl ConnIds {
+    pub fn next(&self) -> ConnId {
+        ConnId(self.0.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+pub struct Sessions {
+    orgs: ActorRef<OrgsMsg>,
+    store: Arc<SessionStore>,
+    ids: Arc<ConnIds>,
+}
+
+impl Sessions {
+    pub(crate) fn new(orgs: ActorRef<OrgsMsg>, store: Arc<SessionStore>, ids: Arc<ConnIds>) -> Self {
+        Self { orgs, store, ids }
+    }
+
+    /// Turns streaming on this pod now (draining waits for them).
+    pub fn live_turns(&self) -> usize {
+        self.store.live_turns()
+    }
+
+    /// The record of a live session (for authenticating its bearer token).
+    pub fn record(&self, sid: &Sid) -> Option<SessionRecord> {
+        self.store.get(sid)
+    }
+
+    /// The org's actor if it runs, without taking a hold on it.
+    async fn org_actor(&self, org: &OrgId) -> Option<ActorRef<OrgMsg>> {
+        ractor::call!(self.orgs, OrgsMsg::Lookup, org.clone())
+            .ok()
+            .flatten()
+    }
+
+    async fn actor(&self, sid: &Sid) -> Option<ActorRef<SessionMsg>> {
+        let record = self.store.get(sid)?;
+        let org = self.org_actor(&record.org).await?;
+        ractor::call!(org, OrgMsg::Resolve, Target::Op(sid.clone()))
+            .ok()
+            .flatten()
+    }
+
+    /// Creates an operator session: its roles are claimed atomically within
+    /// the org, and it holds the org until it ends.
+    pub async fn mint(&self, record: SessionRecord) -> Result<(), MintError> {
+        let org = record.org.clone();
+        let actor =
+            ractor::call!(self.orgs, OrgsMsg::Checkout, org.clone()).map_err(|_| OrgError::Unavailable)??;
+        let minted = ractor::call!(actor, OrgMsg::Mint, record)
+            .map_err(|_| MintError::Org(OrgError::Unavailable))
+            .and_then(|r| r);
+        if minted.is_err() {
+            let _ = self.orgs.cast(OrgsMsg::Release(org));
+        }
+        minted
+    }
+
+    pub async fn info(&self, sid: &Sid) -> Option<SessionInfo> {
+        let session = self.actor(sid).await?;
+        ractor::call!(session, SessionMsg::Info).ok()
+    }
+
+    /// Ends a session now: its socket closes, its roles are free at once.
+    pub async fn end(&self, sid: &Sid) -> bool {
+        let Some(record) = self.store.get(sid) else {
+            return false;
+        };
+        let Some(org) = self.org_actor(&record.org).await else {
+            return false;
+        };
+        ractor::call!(org, OrgMsg::EndSession, sid.clone()).unwrap_or(false)
+    }
+
+    /// The org's sessions, for its online list.
+    pub async fn of_org(&self, org: &OrgId) -> Vec<SessionInfo> {
+        let Some(actor) = self.org_actor(org).await else {
+            return Vec::new();
+        };
+        let sessions = ractor::call!(actor, OrgMsg::Sessions).unwrap_or_default();
+        let mut infos = Vec::with_capacity(sessions.len());
+        for session in sessions {
+            if let Ok(info) = ractor::call!(session, SessionMsg::Info) {
+                infos.push(info);
+            }
+        }
+        infos.sort_by(|a, b| a.sid.cmp(&b.sid));
+        infos
+    }
+
+    /// Attaches an operator's socket to its session; buffered frames are
+    /// written to it first. `None` if the session is gone.
+    pub async fn attach(&self, sid: &Sid, sink: Arc<dyn Sink>) -> Option<OperatorLink> {
+        let session = self.actor(sid).await?;
+        let generation = ractor::call!(session, SessionMsg::Attach, Arc::clone(&sink)).ok()?;
+        let shared = OperatorShared {
+            id: self.ids.next(),
+            sid: sid.clone(),
+            sink,
+            session,
+            generation,
+        };
+        Some(OperatorLink {
+            shared: Arc::new(shared),
+        })
+    }
+}
