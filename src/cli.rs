@@ -171,18 +171,34 @@ fn init(path: &Path, org: &str, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `text` to `path` readable by its owner only. The file is written
+/// beside it and renamed over it, so an existing file ends up 0600 too, and
+/// a symbolic link at `path` is refused rather than written through.
 #[cfg(unix)]
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
+    if path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        bail!(
+            "{} is a symbolic link; refusing to write secrets through it",
+            path.display()
+        );
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("config");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(not(unix))]

@@ -63,7 +63,8 @@ pub struct ApiKeyConfig {
     pub id: String,
     /// Hex SHA-256 of the key's secret part.
     pub sha256: String,
-    #[serde(default = "Scope::all")]
+    /// Default: every scope but `admin`, which must be granted by name.
+    #[serde(default = "Scope::unprivileged")]
     pub scopes: Vec<Scope>,
 }
 
@@ -92,6 +93,11 @@ impl Scope {
             Scope::Admin,
             Scope::Tickets,
         ]
+    }
+
+    /// What a key listed without `scopes` may do: everything but manage the org.
+    pub fn unprivileged() -> Vec<Scope> {
+        Self::all().into_iter().filter(|s| *s != Scope::Admin).collect()
     }
 }
 
@@ -159,8 +165,12 @@ impl OrgRecord {
                 Err(e) => errors.push(format!("{}: {e}", at(&format!("jwt_keys[{i}]")))),
             }
         }
-        let mut api_keys = Vec::new();
+        let mut api_keys: Vec<ApiKey> = Vec::new();
         for k in &c.api_keys {
+            if api_keys.iter().any(|seen| seen.id == k.id) {
+                errors.push(format!("{}: key id {:?} is listed twice", at("api_keys"), k.id));
+                continue;
+            }
             let valid_id = !k.id.is_empty()
                 && k.id.len() <= 64
                 && k.id
@@ -300,7 +310,11 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((ok.jwt_keys.len(), ok.api_keys.len()), (1, 1));
-        assert_eq!(ok.api_keys[0].scopes, Scope::all());
+        assert!(
+            !ok.api_keys[0].scopes.contains(&Scope::Admin),
+            "admin is never granted by default"
+        );
+        assert_eq!(ok.api_keys[0].scopes.len(), Scope::all().len() - 1);
         let errs = org(
             "id = \"acme\"\n[[jwt_keys]]\nalg = \"HS256\"\nsecret = \"short\"\n[[jwt_keys]]\nalg = \"RS256\"\npublic_key_pem = \"nope\"\n[[api_keys]]\nid = \"k1\"\nsha256 = \"xyz\"\n",
         )
@@ -318,6 +332,14 @@ mod tests {
         assert!(o.origin_allowed(Some("https://APP.example")));
         assert!(!o.origin_allowed(Some("https://evil.example")));
         assert!(o.origin_allowed(None));
+    }
+
+    #[test]
+    fn duplicate_key_ids_in_an_org_are_refused() {
+        let key = format!("[[api_keys]]\nid = \"k1\"\nsha256 = \"{}\"\n", "ab".repeat(32));
+        let errs = org(&format!("id = \"acme\"\n{key}{key}")).err().unwrap();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("listed twice"), "{errs:?}");
     }
 
     #[test]

@@ -306,16 +306,34 @@ async fn a_second_socket_replaces_the_first() {
     server.stop().await;
 }
 
-#[tokio::test]
+/// Paused time: the two-minute expiry passes in milliseconds.
+#[tokio::test(start_paused = true)]
 async fn sessions_without_a_socket_expire_and_free_their_roles() {
-    let server = TestServer::start_with(|c| c.operators.session_expiry_secs = Some(1)).await;
+    let server = TestServer::start().await; // sessions expire 120 s after their socket went
     let s = mint_ok(&server, "acme", &["main-ai"]).await;
     let op = Client::operator(&server, &s).await;
     drop(op);
+    eventually("the session sees its socket gone", async || {
+        session_call(&server, Method::GET, &s.sid, Some(&s.token)).await.1["connected"] == json!(false)
+    })
+    .await;
+    let gone = tokio::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_secs(119)).await;
+    assert_eq!(
+        session_call(&server, Method::GET, &s.sid, Some(&s.token)).await.0,
+        200,
+        "alive until its expiry"
+    );
+    assert_eq!(
+        mint(&server, "acme", &["main-ai"]).await.0,
+        409,
+        "its role is still held"
+    );
     eventually("the session expires", async || {
         session_call(&server, Method::GET, &s.sid, Some(&s.token)).await.0 == 404
     })
     .await;
+    assert!(gone.elapsed() >= std::time::Duration::from_secs(120));
     assert_eq!(mint(&server, "acme", &["main-ai"]).await.0, 201);
     server.stop().await;
 }

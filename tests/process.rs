@@ -5,86 +5,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use common::PATIENCE;
+use common::process::{run, serve, sigterm, wait_exit};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-
-fn run(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).current_dir(dir).output().unwrap()
-}
-
-/// A `switchboard serve` process; killed if the test fails early.
-struct Serve {
-    child: Child,
-    addr: String,
-    /// Everything it printed to stderr before it was listening.
-    banner: Vec<String>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-fn serve(dir: &Path, args: &[&str]) -> Serve {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(args)
-        .current_dir(dir)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut banner = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["fields"]["message"] == "switchboard listening"
-            {
-                let _ = tx.send((
-                    v["fields"]["addr"].as_str().unwrap().to_owned(),
-                    std::mem::take(&mut banner),
-                ));
-            } else {
-                banner.push(line);
-            }
-        }
-    });
-    let (addr, banner) = rx.recv_timeout(PATIENCE).expect("the server starts listening");
-    Serve { child, addr, banner }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + PATIENCE * 2;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(std::time::Instant::now() < deadline, "the server exits in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn init_writes_a_private_config_once() {
@@ -105,7 +31,24 @@ fn init_writes_a_private_config_once() {
     let again = run(dir.path(), &["init"]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    // --force over a file someone made world-readable: private again.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     assert!(run(dir.path(), &["init", "--force"]).status.success());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "--force leaves the file private");
+    // ... and never through a symbolic link.
+    let elsewhere = dir.path().join("elsewhere.toml");
+    std::fs::write(&elsewhere, "keep").unwrap();
+    let link = dir.path().join("linked.toml");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let out = run(dir.path(), &["init", "--force", "--path", "linked.toml"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symbolic link"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "keep");
 
     let token = run(
         dir.path(),
@@ -143,6 +86,18 @@ fn a_bad_config_reports_every_problem_and_fails() {
     for needle in ["listen", "outbound_queue_bytes", "org id"] {
         assert!(err.contains(needle), "{needle} not reported in:\n{err}");
     }
+    // Two keys of one org under one id: which would verify?
+    std::fs::write(
+        dir.path().join("dup.toml"),
+        format!(
+            "[[orgs]]\nid = \"a\"\n[[orgs.api_keys]]\nid = \"k\"\nsha256 = \"{0}\"\n[[orgs.api_keys]]\nid = \"k\"\nsha256 = \"{0}\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let out = run(dir.path(), &["serve", "--config", "dup.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listed twice"));
     std::fs::write(dir.path().join("typo.toml"), "[limits]\noutbound_qeue = 5\n").unwrap();
     let out = run(dir.path(), &["serve", "--config", "typo.toml"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
@@ -166,7 +121,7 @@ async fn serve_without_config_prints_a_working_token_and_key() {
         .expect("the banner shows a key");
 
     let url = format!("ws://{}/v1/ws?token={token}", server.addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (mut ws, _) = common::connect_ws(url).await.unwrap();
     futures_util::SinkExt::send(
         &mut ws,
         Message::text(r#"{"type":"subscribe","id":1,"channel":"chat.1"}"#),
@@ -205,7 +160,7 @@ async fn sigterm_drains_closes_sockets_with_1001_and_exits_0() {
     let token = String::from_utf8(run(dir.path(), &["token", "--sub", "t"]).stdout).unwrap();
     let mut server = serve(dir.path(), &["--drain-delay-secs", "1"]);
     let url = format!("ws://{}/v1/ws?token={}", server.addr, token.trim());
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.clone()).await.unwrap();
+    let (mut ws, _) = common::connect_ws(url.clone()).await.unwrap();
     futures_util::SinkExt::send(
         &mut ws,
         Message::text(r#"{"type":"subscribe","id":1,"channel":"c"}"#),
@@ -226,7 +181,7 @@ async fn sigterm_drains_closes_sockets_with_1001_and_exits_0() {
     })
     .await;
     // New WebSockets are refused meanwhile.
-    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+    assert!(common::connect_ws(url).await.is_err());
 
     let close = loop {
         match tokio::time::timeout(PATIENCE, ws.next())

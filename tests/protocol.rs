@@ -204,10 +204,10 @@ async fn refused_upgrades_are_http_errors() {
         &server.ws_url(&token("acme", "a", &[">"], &[])),
         &[("origin", "https://app.acme.test")],
     );
-    assert!(tokio_tungstenite::connect_async(ok).await.is_ok());
+    assert!(connect_ws(ok).await.is_ok());
     let bearer = format!("Bearer {}", token("globex", "a", &[">"], &[]));
     let ok = upgrade_request(&base, &[("authorization", bearer.as_str())]);
-    assert!(tokio_tungstenite::connect_async(ok).await.is_ok());
+    assert!(connect_ws(ok).await.is_ok());
 
     // Not a WebSocket request at all: a JSON error.
     let res = reqwest::get(server.url("/v1/ws")).await.unwrap();
@@ -274,59 +274,82 @@ async fn client_close_is_answered() {
     server.stop().await;
 }
 
-#[tokio::test]
+/// Paused time: the minute of silence below takes milliseconds.
+#[tokio::test(start_paused = true)]
 async fn quiet_peers_are_pinged_and_silent_ones_dropped() {
-    let server = TestServer::start_with(|c| {
-        c.limits.ping_interval_secs = Some(1);
-        c.limits.idle_timeout_secs = Some(3);
-    })
-    .await;
+    let server = TestServer::start().await; // pings every 25 s, gives up after 60 s
     let mut live = Client::connect_all(&server, "acme").await;
     let mut silent = Client::connect_all(&server, "acme").await;
-    // `live` keeps reading (tungstenite answers pings as it reads); `silent` never reads.
-    let mut pings = 0;
-    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(4500);
-    while let Ok(msg) = tokio::time::timeout_at(until, futures_util::StreamExt::next(&mut live.ws)).await {
-        match msg {
-            Some(Ok(Message::Ping(_))) => pings += 1,
-            other => panic!("unexpected {other:?}"),
+    let started = tokio::time::Instant::now();
+    // `live` keeps reading (tungstenite answers pings as it reads); `silent`
+    // only looks at its bytes and never answers.
+    let live_side = async {
+        let mut pings = 0;
+        let until = started + std::time::Duration::from_secs(70);
+        while let Ok(msg) = tokio::time::timeout_at(until, futures_util::StreamExt::next(&mut live.ws)).await
+        {
+            match msg {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                other => panic!("unexpected {other:?}"),
+            }
         }
-    }
+        pings
+    };
+    let silent_side = async {
+        let frames = silent.raw_frames_until_eof().await;
+        (frames, started.elapsed())
+    };
+    let (pings, (frames, silent_for)) = tokio::join!(live_side, silent_side);
     assert!(
-        pings >= 2,
-        "a quiet client is pinged about every second ({pings} pings)"
+        (2..=3).contains(&pings),
+        "a quiet client is pinged about every 25 s ({pings} pings in 70 s)"
     );
     live.ping(1).await; // still connected
-    let close = silent.closed().await.expect("a close frame");
+    let (close, pinged) = frames.split_last().expect("frames");
+    assert!(
+        pinged.iter().all(|f| f.opcode == 0x9),
+        "only pings before the close"
+    );
     assert_eq!(
-        (u16::from(close.code), close.reason.as_str()),
-        (1008, "idle timeout")
+        (close.close_code(), &close.payload[2..]),
+        (Some(1008), &b"idle timeout"[..])
+    );
+    assert!(
+        (60..63).contains(&silent_for.as_secs()),
+        "closed after 60 s of silence, not before ({silent_for:?})"
     );
     server.stop().await;
 }
 
-#[tokio::test]
+/// Paused time: a ten-minute token expires in milliseconds.
+#[tokio::test(start_paused = true)]
 async fn a_socket_closes_when_its_token_expires() {
-    let server = TestServer::start().await;
-    // Accepted within the 30 s leeway, with two seconds of it left.
-    let exp = switchboard::auth::now_secs() + 2 - switchboard::auth::LEEWAY_SECS;
+    // Sockets silent for the whole test stay open: only the token ends one.
+    let server = TestServer::start_with(|c| {
+        c.limits.ping_interval_secs = Some(1800);
+        c.limits.idle_timeout_secs = Some(3600);
+    })
+    .await;
+    let lifetime = 600;
+    let exp = switchboard::auth::now_secs() + lifetime;
     let mut expiring = Client::connect(
         &server,
         &token_signed(&secret("acme"), "acme", "a", &[">"], &[], exp),
     )
     .await;
-    let mut lasting = Client::connect_all(&server, "acme").await;
+    let mut lasting = Client::connect_all(&server, "acme").await; // an hour
     expiring.subscribe(1, "x").await;
     lasting.subscribe(1, "x").await;
+    let started = tokio::time::Instant::now();
+    let deadline = std::time::Duration::from_secs(lifetime + switchboard::auth::LEEWAY_SECS);
+    tokio::time::sleep(deadline - std::time::Duration::from_secs(2)).await;
+    expiring.ping(2).await; // not before its time, leeway included
     let close = expiring.closed().await.expect("a close frame");
     assert_eq!(
         (u16::from(close.code), close.reason.as_str()),
         (4001, "token expired; reconnect with a fresh one and resume")
     );
-    assert!(
-        switchboard::auth::now_secs() >= exp + switchboard::auth::LEEWAY_SECS,
-        "not before its time, leeway included"
-    );
+    assert!(started.elapsed() >= deadline - std::time::Duration::from_secs(1));
     let offset = server.publish("acme", "x", serde_json::json!(1)).await;
     assert_eq!(lasting.message().await, (offset, serde_json::json!(1)));
     server.stop().await;

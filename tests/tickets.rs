@@ -38,9 +38,7 @@ async fn a_ticket_connects_with_exactly_its_grants() {
         json!({"sub": "user-7", "subscribe": ["chat.>"], "publish": ["chat.7"], "ttl_s": 30}),
     )
     .await;
-    let (ws, _) = tokio_tungstenite::connect_async(ticket_url(&server, &ticket))
-        .await
-        .unwrap();
+    let (ws, _) = connect_ws(ticket_url(&server, &ticket)).await.unwrap();
     let mut client = Client { ws };
     client.subscribe(1, "chat.room").await;
     client
@@ -182,11 +180,7 @@ async fn bad_tickets_are_refused_before_the_upgrade() {
     );
     assert_eq!(refused_status(upgrade_request(&both, &[])).await, 400);
     // The genuine one still works.
-    assert!(
-        tokio_tungstenite::connect_async(ticket_url(&server, &ticket))
-            .await
-            .is_ok()
-    );
+    assert!(connect_ws(ticket_url(&server, &ticket)).await.is_ok());
     server.stop().await;
 }
 
@@ -194,9 +188,7 @@ async fn bad_tickets_are_refused_before_the_upgrade() {
 async fn an_expired_ticket_is_refused_but_its_socket_lives_on() {
     let server = TestServer::start().await;
     let ticket = mint_ticket(&server, "acme", json!({"sub": "u", "ttl_s": 1})).await;
-    let (ws, _) = tokio_tungstenite::connect_async(ticket_url(&server, &ticket))
-        .await
-        .unwrap();
+    let (ws, _) = connect_ws(ticket_url(&server, &ticket)).await.unwrap();
     let mut opened = Client { ws };
     // A JWT socket whose token runs out a second after the ticket's: the
     // sweep that closes it would have closed the ticket's socket too.

@@ -2,6 +2,8 @@
 //! client that speaks the protocol, and bounded waits.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -137,10 +139,7 @@ impl TestServer {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_in(&text, name)
     }
 
     /// Stops the server (as Ctrl-C would) and waits for it.
@@ -184,6 +183,22 @@ pub fn token_signed(
     sign_hs256(secret, &claims).unwrap()
 }
 
+/// Opens a WebSocket with Nagle off, as a latency-minded client would: with
+/// it on, a small frame sent while the previous one is unacknowledged waits
+/// for the server's delayed ACK (tens of milliseconds of real time that a
+/// paused test clock cannot see).
+pub async fn connect_ws(
+    req: impl IntoClientRequest + Unpin,
+) -> Result<
+    (
+        WebSocketStream<MaybeTlsStream<TcpStream>>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    tokio_tungstenite::connect_async_with_config(req, None, true).await
+}
+
 /// A protocol-speaking WebSocket client.
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -191,11 +206,96 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(server: &TestServer, token: &str) -> Client {
-        let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(server.ws_url(token)))
+        let (ws, _) = tokio::time::timeout(PATIENCE, connect_ws(server.ws_url(token)))
             .await
             .expect("connect in time")
             .expect("upgrade accepted");
         Client { ws }
+    }
+
+    /// Connects to `url` with a receive buffer of `rcvbuf` bytes: a client
+    /// that stops reading then backs up into the server within that much.
+    pub async fn connect_small(url: &str, rcvbuf: u32) -> Client {
+        Self::connect_small_with(url.into_client_request().unwrap(), rcvbuf).await
+    }
+
+    /// [`Client::connect_small`] with a request of its own (headers).
+    pub async fn connect_small_with(
+        req: tokio_tungstenite::tungstenite::handshake::client::Request,
+        rcvbuf: u32,
+    ) -> Client {
+        let uri = req.uri();
+        let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap())
+            .parse()
+            .unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(rcvbuf).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (ws, _) = tokio::time::timeout(
+            PATIENCE,
+            tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .expect("connect in time")
+        .expect("upgrade accepted");
+        Client { ws }
+    }
+
+    /// Resets the connection (no close handshake, no FIN): the peer's next
+    /// read or write fails, as when a machine vanishes.
+    pub fn reset(self) {
+        if let MaybeTlsStream::Plain(stream) = self.ws.get_ref() {
+            socket2::SockRef::from(stream)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+    }
+
+    /// Connects to a full `ws://` URL.
+    pub async fn connect_url(url: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(PATIENCE, connect_ws(url))
+            .await
+            .expect("connect in time")
+            .expect("upgrade accepted");
+        Client { ws }
+    }
+
+    /// Sends `frames` without waiting for answers in between.
+    pub async fn pipeline(&mut self, frames: impl IntoIterator<Item = Value>) {
+        for frame in frames {
+            self.ws
+                .feed(Message::text(frame.to_string()))
+                .await
+                .expect("send");
+        }
+        self.ws.flush().await.expect("flush");
+    }
+
+    /// Publishes `n` messages of `len` bytes on `channel`, a hundred at a
+    /// time, and waits for every ack (the connection needs an unlimited
+    /// publish rate). Returns the last offset.
+    pub async fn publish_many(&mut self, channel: &str, n: u64, len: usize) -> u64 {
+        let pad = "x".repeat(len);
+        let mut last = 0;
+        for start in (0..n).step_by(100) {
+            let ids = start..(start + 100).min(n);
+            self.pipeline(ids.clone().map(|id| {
+                serde_json::json!({"type": "publish", "id": id, "channel": channel, "data": {"n": id, "pad": pad}})
+            }))
+            .await;
+            let mut acked = 0;
+            while acked < ids.end - ids.start {
+                if let ServerFrame::Ack(ack) = self.next().await
+                    && ack.channel.as_ref().is_some_and(|c| c.as_str() == channel)
+                    && let Some(offset) = ack.offset
+                {
+                    last = last.max(offset);
+                    acked += 1;
+                }
+            }
+        }
+        last
     }
 
     /// Connects with an all-channels token for `org`.
@@ -295,6 +395,96 @@ impl Client {
     }
 }
 
+/// A server frame as it arrived on the wire.
+#[derive(Debug)]
+pub struct RawFrame {
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl RawFrame {
+    /// The close code of a close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == 0x8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+/// What a server wrote to a socket, split into frames.
+pub struct RawStream {
+    pub frames: Vec<RawFrame>,
+    /// Bytes of a last frame that never came whole (0: the stream ended on a
+    /// frame boundary).
+    pub torn: usize,
+}
+
+impl Client {
+    /// Reads the raw byte stream under the WebSocket (no pongs sent back,
+    /// nothing parsed by tungstenite) until the server closes it, and splits
+    /// it into frames.
+    pub async fn raw_until_eof(&mut self) -> RawStream {
+        use tokio::io::AsyncReadExt;
+        let MaybeTlsStream::Plain(stream) = self.ws.get_mut() else {
+            panic!("plain TCP expected");
+        };
+        let mut bytes = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match tokio::time::timeout(PATIENCE * 3, stream.read(&mut chunk))
+                .await
+                .expect("the server ends the stream in time")
+            {
+                Ok(0) | Err(_) => break,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while at + 10 <= bytes.len() || (at + 2 <= bytes.len() && bytes[at + 1] & 0x7F < 126) {
+            let (len, header) = match bytes[at + 1] & 0x7F {
+                126 => (u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(bytes[at + 2..at + 10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            let end = at + header + len;
+            if end > bytes.len() {
+                break;
+            }
+            frames.push(RawFrame {
+                opcode: bytes[at] & 0x0F,
+                payload: bytes[at + header..end].to_vec(),
+            });
+            at = end;
+        }
+        RawStream {
+            frames,
+            torn: bytes.len() - at,
+        }
+    }
+
+    /// [`Client::raw_until_eof`], asserting the stream ended on a frame boundary.
+    pub async fn raw_frames_until_eof(&mut self) -> Vec<RawFrame> {
+        let stream = self.raw_until_eof().await;
+        assert_eq!(stream.torn, 0, "the stream ended inside a frame");
+        stream.frames
+    }
+}
+
+/// A metric of a Prometheus text page: the sum over its label sets.
+pub fn metric_in(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Upgrade request for `url` with extra headers, for refusal tests.
 pub fn upgrade_request(
     url: &str,
@@ -312,7 +502,7 @@ pub fn upgrade_request(
 
 /// The HTTP status of a refused upgrade.
 pub async fn refused_status(req: tokio_tungstenite::tungstenite::handshake::client::Request) -> u16 {
-    match tokio_tungstenite::connect_async(req).await {
+    match connect_ws(req).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
         Ok(_) => panic!("upgrade was accepted"),
         Err(e) => panic!("unexpected error {e}"),
@@ -378,13 +568,20 @@ pub async fn session_call(
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
+/// The upgrade request of `session`'s operator socket.
+pub fn operator_request(
+    server: &TestServer,
+    session: &Session,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let url = format!("ws://{}/v1/operators/{}/ws", server.addr, session.sid);
+    let bearer = format!("Bearer {}", session.token);
+    upgrade_request(&url, &[("authorization", bearer.as_str())])
+}
+
 impl Client {
     /// An operator's socket for `session`.
     pub async fn operator(server: &TestServer, session: &Session) -> Client {
-        let url = format!("ws://{}/v1/operators/{}/ws", server.addr, session.sid);
-        let bearer = format!("Bearer {}", session.token);
-        let req = upgrade_request(&url, &[("authorization", bearer.as_str())]);
-        let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(req))
+        let (ws, _) = tokio::time::timeout(PATIENCE, connect_ws(operator_request(server, session)))
             .await
             .expect("connect in time")
             .expect("operator upgrade accepted");
