@@ -135,10 +135,10 @@ async fn a_restarted_server_has_a_new_epoch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_larger_than_the_queue_completes_for_a_client_that_reads() {
-    // 2,000 messages of 2 KB retained: 4 MB to replay through a 1 MiB queue,
+    // 5,000 messages of 1 KB retained: 5 MB to replay through a 1 MiB queue,
     // to a client whose receive buffer is 64 KiB.
     let server = TestServer::start_with(|c| {
-        c.history.max_messages = Some(2000);
+        c.history.max_messages = Some(5000);
         c.limits.publish_rate = Some(0);
     })
     .await;
@@ -146,17 +146,17 @@ async fn a_resume_larger_than_the_queue_completes_for_a_client_that_reads() {
     let epoch = first.subscribe(1, "big").await.epoch.unwrap().as_str().to_owned();
     drop(first);
     let mut publisher = Client::connect_all(&server, "acme").await;
-    assert_eq!(publisher.publish_many("big", 2000, 2000).await, 2000);
+    assert_eq!(publisher.publish_many("big", 5000, 1000).await, 5000);
 
     let mut c = Client::connect_small(&server.ws_url(&token("acme", "r", &[">"], &[])), 64 * 1024).await;
     let ack = c.resume(2, "big", 0, &epoch).await;
-    assert_eq!((ack.recovered, ack.offset), (Some(true), Some(2000)));
-    for n in 1..=2000 {
+    assert_eq!((ack.recovered, ack.offset), (Some(true), Some(5000)));
+    for n in 1..=5000 {
         let (offset, data) = c.message().await;
         assert_eq!((offset, data["n"].as_u64()), (n, Some(n - 1)));
     }
     // Then live.
-    assert_eq!(server.publish("acme", "big", json!("live")).await, 2001);
-    assert_eq!(c.message().await, (2001, json!("live")));
+    assert_eq!(server.publish("acme", "big", json!("live")).await, 5001);
+    assert_eq!(c.message().await, (5001, json!("live")));
     server.stop().await;
 }
