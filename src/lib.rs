@@ -9,6 +9,7 @@
 //! - [`http`]: the routes and the JSON error mapping.
 //! - [`ws`]: client WebSockets on the raw socket (handshake, reader, sink, task).
 //! - [`telemetry`]: tracing and the Prometheus recorder.
+//! - `fuzzing` (tests and `cargo fuzz` only): the fuzz targets' bodies.
 //!
 //! The wire types are in `switchboard-proto`, the hub and actors in
 //! `switchboard-actors`.
@@ -17,6 +18,8 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod directory;
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
 pub mod http;
 pub mod server;
 pub mod telemetry;

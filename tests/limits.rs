@@ -62,7 +62,8 @@ async fn the_subscription_cap_bites_and_frees_with_unsubscribe() {
     server.stop().await;
 }
 
-/// Paused time: the limiter refills on the test's clock.
+/// Paused time: the limiter refills on the test's clock, and a client past
+/// its budget is read no further until it has.
 #[tokio::test(start_paused = true)]
 async fn subscribe_and_unsubscribe_are_rate_limited() {
     let server = TestServer::start_with(|c| {
@@ -71,20 +72,65 @@ async fn subscribe_and_unsubscribe_are_rate_limited() {
     })
     .await;
     let mut c = Client::connect_all(&server, "acme").await;
+    let started = tokio::time::Instant::now();
     c.pipeline((0..6).map(|n| json!({"type": "subscribe", "id": n, "channel": format!("c.{n}")})))
         .await;
     for n in 0..4 {
         c.ack(n).await;
     }
-    for n in 4..6 {
-        assert_eq!(c.error().await, (Some(RequestId::Num(n)), ErrorCode::RateLimited));
-    }
+    assert_eq!(c.error().await, (Some(RequestId::Num(4)), ErrorCode::RateLimited));
+    // The sixth was read half a second later, when the budget had refilled.
+    c.ack(5).await;
+    assert!(started.elapsed() >= Duration::from_millis(500));
     c.send(json!({"type": "unsubscribe", "id": 6, "channel": "c.0"}))
         .await;
     assert_eq!(c.error().await, (Some(RequestId::Num(6)), ErrorCode::RateLimited));
-    tokio::time::sleep(Duration::from_millis(500)).await; // one more at 2/s
     c.subscribe(7, "c.7").await;
     c.ping(8).await;
+    server.stop().await;
+}
+
+/// Answers a connection gets within `window` (of the paused clock).
+async fn answers_within(c: &mut Client, window: Duration) -> (usize, usize) {
+    let until = tokio::time::Instant::now() + window;
+    let (mut acks, mut errors) = (0, 0);
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout_at(until, futures_util::StreamExt::next(&mut c.ws)).await
+    {
+        match ServerFrame::decode(msg.to_text().unwrap().as_bytes()).unwrap() {
+            ServerFrame::Ack(_) => acks += 1,
+            ServerFrame::Error { .. } => errors += 1,
+            other => panic!("{}", other.to_json()),
+        }
+    }
+    (acks, errors)
+}
+
+/// Paused time: a flood is answered at the pace of the budget, not of the flood.
+#[tokio::test(start_paused = true)]
+async fn a_client_flooding_past_its_budget_is_slowed_not_served() {
+    let server = TestServer::start_with(|c| {
+        c.limits.subscribe_rate = Some(10);
+        c.limits.subscribe_burst = Some(10);
+    })
+    .await;
+    let mut churner = Client::connect_all(&server, "acme").await;
+    churner
+        .pipeline((0..500).map(|n| json!({"type": "subscribe", "id": n, "channel": format!("c.{n}")})))
+        .await;
+    // The burst, then one accepted and one refused every tenth of a second.
+    let (acks, errors) = answers_within(&mut churner, Duration::from_secs(2)).await;
+    assert!(
+        (28..=32).contains(&acks) && (18..=22).contains(&errors),
+        "{acks} acks, {errors} errors"
+    );
+    // Refusals of any kind: a hundred at once, then twenty a second.
+    let mut garbage = Client::connect_all(&server, "acme").await;
+    garbage.pipeline((0..500).map(|_| json!({}))).await;
+    let (_, errors) = answers_within(&mut garbage, Duration::from_secs(2)).await;
+    assert!((135..=145).contains(&errors), "{errors} errors in two seconds");
+    let mut bystander = Client::connect_all(&server, "acme").await;
+    bystander.ping(1).await;
     server.stop().await;
 }
 

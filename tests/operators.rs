@@ -257,7 +257,6 @@ async fn client_frames_reach_the_role_holder_and_only_in_its_org() {
         .await;
     assert_eq!(bob.error().await, (Some(RequestId::Num(7)), ErrorCode::Forbidden));
     op.ping(99).await; // nothing else reached the operator
-    assert!(server.metric("switchboard_frames_routed_total").await >= 2.0);
     server.stop().await;
 }
 

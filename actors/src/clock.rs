@@ -37,6 +37,14 @@ pub type RateLimiter = governor::RateLimiter<
     governor::middleware::NoOpMiddleware<std::time::Instant>,
 >;
 
+/// Takes one cell from `limiter`; when it is spent, when the next one is due.
+pub fn spent(limiter: &RateLimiter) -> Option<Instant> {
+    limiter
+        .check()
+        .err()
+        .map(|not_until| Instant::from_std(not_until.earliest_possible()))
+}
+
 /// A limiter allowing `rate` per second with bursts of `burst`; `None` when
 /// `rate` is 0 (unlimited).
 pub fn rate_limiter(rate: u32, burst: u32) -> Option<RateLimiter> {
@@ -55,9 +63,14 @@ mod tests {
     async fn rate_limits_follow_the_paused_clock() {
         let limiter = rate_limiter(2, 2).unwrap();
         assert!(limiter.check().is_ok() && limiter.check().is_ok());
-        assert!(limiter.check().is_err(), "the burst is spent");
+        let due = spent(&limiter).expect("the burst is spent");
+        assert_eq!(
+            due - Instant::now(),
+            Duration::from_millis(500),
+            "the next in half a second at 2/s"
+        );
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(limiter.check().is_ok(), "half a second refills one at 2/s");
+        assert_eq!(spent(&limiter), None, "half a second refilled one");
         assert!(rate_limiter(0, 5).is_none(), "0 is unlimited");
     }
 

@@ -4,6 +4,7 @@
 //! and calls in here one frame at a time, so a client is back-pressured by its
 //! own requests.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -16,8 +17,9 @@ use switchboard_proto::{
 
 use crate::backplane::{BoxFuture, Event, Position};
 use crate::channels::Channels;
-use crate::clock::{RateLimiter, rate_limiter};
+use crate::clock::{Instant, RateLimiter, rate_limiter, spent};
 use crate::hub::{HubError, Live, Offsetted};
+use crate::limits::{REFUSAL_BURST, REFUSAL_RATE};
 use crate::link::{FrameHandler, Supervised};
 use crate::org::OrgHandle;
 use crate::session::{Offline, SessionMsg};
@@ -90,6 +92,11 @@ pub struct Connection {
     grants: Grants,
     publishes: Option<RateLimiter>,
     subscribes: Option<RateLimiter>,
+    refusals: Option<RateLimiter>,
+    /// When a spent budget refills: the next frame is read no earlier.
+    pause: Cell<Option<Instant>>,
+    /// A refusal was sent past its budget: it is charged once the budget refills.
+    refusal_owed: Cell<bool>,
     services: Arc<Services>,
 }
 
@@ -105,6 +112,9 @@ impl Connection {
         Self {
             publishes: rate_limiter(limits.publish_rate, limits.publish_burst),
             subscribes: rate_limiter(limits.subscribe_rate, limits.subscribe_burst),
+            refusals: rate_limiter(REFUSAL_RATE, REFUSAL_BURST),
+            pause: Cell::new(None),
+            refusal_owed: Cell::new(false),
             shared: Arc::new(ConnShared {
                 id,
                 sink,
@@ -130,6 +140,22 @@ impl Connection {
         self.write(&frame.prepare());
     }
 
+    /// Reads nothing more from this client until `until`.
+    fn pause_until(&self, until: Instant) {
+        self.pause
+            .set(Some(self.pause.get().map_or(until, |p| p.max(until))));
+    }
+
+    /// Whether a request is over its rate; if so, the connection pauses
+    /// until the limiter refills (never, without a limiter).
+    fn limited(&self, limiter: &Option<RateLimiter>) -> bool {
+        let due = limiter.as_ref().and_then(spent);
+        if let Some(due) = due {
+            self.pause_until(due);
+        }
+        due.is_some()
+    }
+
     async fn on_frame(&mut self, frame: ClientFrame) {
         match frame {
             ClientFrame::Subscribe { id, channel, recover } => self.subscribe(id, channel, recover).await,
@@ -153,7 +179,7 @@ impl Connection {
                 format!("not allowed to subscribe to {channel}"),
             );
         }
-        if limited(&self.subscribes) {
+        if self.limited(&self.subscribes) {
             return self.refuse(
                 Some(id),
                 ErrorCode::RateLimited,
@@ -270,7 +296,7 @@ impl Connection {
     }
 
     fn unsubscribe(&mut self, id: RequestId, channel: ChannelName) {
-        if limited(&self.subscribes) {
+        if self.limited(&self.subscribes) {
             return self.refuse(
                 Some(id),
                 ErrorCode::RateLimited,
@@ -299,7 +325,7 @@ impl Connection {
                 format!("not allowed to publish on {channel}"),
             );
         }
-        if limited(&self.publishes) {
+        if self.limited(&self.publishes) {
             return self.refuse(
                 Some(id),
                 ErrorCode::RateLimited,
@@ -335,7 +361,7 @@ impl Connection {
                 format!("reply_to {channel} must be a channel you may subscribe to"),
             );
         }
-        if limited(&self.publishes) {
+        if self.limited(&self.publishes) {
             return self.refuse(
                 Some(id),
                 ErrorCode::RateLimited,
@@ -380,11 +406,6 @@ fn frame_of((_, frame): &Offsetted) -> &switchboard_proto::PreparedFrame {
     frame
 }
 
-/// Whether a request is over its rate (never, without a limiter).
-fn limited(limiter: &Option<RateLimiter>) -> bool {
-    limiter.as_ref().is_some_and(|l| l.check().is_err())
-}
-
 impl FrameHandler for Connection {
     fn on_text<'a>(&'a mut self, payload: &'a [u8]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
@@ -392,7 +413,23 @@ impl FrameHandler for Connection {
                 Ok(frame) => self.on_frame(frame).await,
                 Err(e) => self.refuse(e.id, e.code, e.message),
             }
+            // Back-pressure: the socket reads the next frame only after this.
+            if let Some(until) = self.pause.take() {
+                tokio::time::sleep_until(until).await;
+                if self.refusal_owed.take()
+                    && let Some(refusals) = &self.refusals
+                {
+                    let _ = refusals.check();
+                }
+            }
         })
+    }
+
+    fn refused(&self) {
+        if let Some(due) = self.refusals.as_ref().and_then(spent) {
+            self.pause_until(due);
+            self.refusal_owed.set(true);
+        }
     }
 
     fn sink(&self) -> &Arc<dyn Sink> {

@@ -23,6 +23,12 @@ pub const DEFAULT_PUBLISH_BURST: u32 = 100;
 /// to a pace that costs the pod nothing.
 pub const DEFAULT_SUBSCRIBE_RATE: u32 = 50;
 pub const DEFAULT_SUBSCRIBE_BURST: u32 = 300;
+/// Refusals (error replies) per second per connection, and the burst: an
+/// honest client rarely gets one; past these, a connection's next frame is
+/// read only once the budget refills, so a client flooding bad or
+/// over-the-rate requests is slowed by TCP instead of costing a reply each.
+pub const REFUSAL_RATE: u32 = 20;
+pub const REFUSAL_BURST: u32 = 100;
 /// How long an org with no connection keeps its actor warm.
 pub const DEFAULT_ORG_IDLE: Duration = Duration::from_secs(60);
 /// Long enough for an agent runtime to restart or a deploy to roll.

@@ -32,8 +32,12 @@ pub trait FrameHandler: Send + 'static {
     /// Answers a refused request with an `error` frame.
     fn refuse(&self, id: Option<RequestId>, code: ErrorCode, message: String) {
         telemetry::client_error(code);
+        self.refused();
         self.write(&ServerFrame::error(id, code, message).prepare());
     }
+
+    /// Told of every refusal, to slow a client that collects them.
+    fn refused(&self) {}
 
     /// Binary frames are not part of either protocol.
     fn on_binary(&self) {

@@ -109,9 +109,13 @@ impl Services {
         ractor::call!(self.orgs, OrgsMsg::Count).unwrap_or(0)
     }
 
-    /// Whether an org has an actor on this pod.
-    pub async fn org_running(&self, org: &OrgId) -> bool {
-        ractor::call!(self.orgs, OrgsMsg::Lookup, org.clone()).is_ok_and(|a| a.is_some())
+    /// The actor serving `org` on this pod now, if one runs (it changes
+    /// when the org's actor is restarted).
+    pub async fn org_actor(&self, org: &OrgId) -> Option<ractor::ActorId> {
+        ractor::call!(self.orgs, OrgsMsg::Lookup, org.clone())
+            .ok()
+            .flatten()
+            .map(|a| a.get_id())
     }
 }
 

@@ -59,6 +59,10 @@ impl History for Faulty {
 }
 
 async fn start(limits: Limits) -> Tree {
+    start_with_faults(limits).await.0
+}
+
+async fn start_with_faults(limits: Limits) -> (Tree, Arc<Faulty>) {
     let hub = Arc::new(Hub::new());
     let history = HistoryLimits {
         max_messages: 100,
@@ -68,7 +72,10 @@ async fn start(limits: Limits) -> Tree {
         inner: InProcess::new(hub.clone(), history),
         attach_armed: AtomicBool::new(true),
     });
-    Tree::start(hub, faulty.clone(), faulty, limits).await.unwrap()
+    let tree = Tree::start(hub, faulty.clone(), faulty.clone(), limits)
+        .await
+        .unwrap();
+    (tree, faulty)
 }
 
 /// A connection driven by the test: frames in through a channel, frames out
@@ -183,12 +190,14 @@ fn key(org: &str, channel: &str) -> ChannelKey {
 
 #[tokio::test]
 async fn a_panicking_org_actor_is_restarted_and_its_connections_keep_working() {
-    let tree = start(Limits::default()).await;
+    let (tree, faults) = start_with_faults(Limits::default()).await;
     let services = tree.services().clone();
+    let acme = OrgId::new("acme").unwrap();
     let a = Client::open(&services, "acme").await;
     assert!(is_ack(&a.subscribe(1, "chat").await, 1));
     let other_org = Client::open(&services, "globex").await;
     assert!(is_ack(&other_org.subscribe(1, "chat").await, 1));
+    let first = services.org_actor(&acme).await.unwrap();
 
     // The org actor panics attaching this channel; its successor attaches it.
     let b = Client::open(&services, "acme").await;
@@ -196,6 +205,9 @@ async fn a_panicking_org_actor_is_restarted_and_its_connections_keep_working() {
         is_ack(&b.subscribe(1, "panic-attach").await, 1),
         "subscribe succeeds after the restart"
     );
+    assert!(!faults.attach_armed.load(Ordering::SeqCst), "the fault fired");
+    let second = services.org_actor(&acme).await.unwrap();
+    assert_ne!(first, second, "a new actor serves the org");
     assert_eq!(services.org_count().await, 2);
 
     a.publish(2, "chat", "42").await;
@@ -216,19 +228,20 @@ async fn a_panicking_org_actor_is_restarted_and_its_connections_keep_working() {
     tree.stop().await;
 }
 
-#[tokio::test]
+/// Paused time: the minute of idleness takes none.
+#[tokio::test(start_paused = true)]
 async fn idle_orgs_stop_and_come_back() {
-    let tree = start(Limits {
-        org_idle: Duration::from_millis(20),
-        ..Limits::default()
-    })
-    .await;
+    let tree = start(Limits::default()).await; // an org idles out after 60 s
     let services = tree.services().clone();
     let c = Client::open(&services, "acme").await;
     assert!(is_ack(&c.subscribe(1, "chat").await, 1));
     assert_eq!(services.org_count().await, 1);
     drop(c); // ends the task: subscriptions and the org hold are released
+    let released = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert_eq!(services.org_count().await, 1, "still warm after 59 s");
     eventually("org actor idles out", async || services.org_count().await == 0).await;
+    assert!(released.elapsed() >= Duration::from_secs(60));
     assert!(!services.channels.hub().has_subscribers(&key("acme", "chat")));
     let c = Client::open(&services, "acme").await;
     assert!(is_ack(&c.subscribe(1, "chat").await, 1));
@@ -236,7 +249,8 @@ async fn idle_orgs_stop_and_come_back() {
     tree.stop().await;
 }
 
-#[tokio::test]
+/// Paused time: the grace period below passes at once.
+#[tokio::test(start_paused = true)]
 async fn closing_all_connections_sends_the_reason_to_each() {
     let tree = start(Limits::default()).await;
     let services = tree.services().clone();
@@ -248,7 +262,7 @@ async fn closing_all_connections_sends_the_reason_to_each() {
         assert!(is_ack(&c.subscribe(1, "x").await, 1));
     }
     // The test tasks end when their inbound channel closes; the sinks record the reason.
-    let closing = tree.close_connections(CloseReason::GoingAway, Duration::from_millis(50));
+    let closing = tree.close_connections(CloseReason::GoingAway, Duration::from_secs(10));
     let all_ended = closing.await;
     for c in &clients {
         assert_eq!(c.sink.closed(), Some(CloseReason::GoingAway));
@@ -258,7 +272,9 @@ async fn closing_all_connections_sends_the_reason_to_each() {
     tree.stop().await;
 }
 
-#[tokio::test]
+/// Paused time: the rate-limited publish makes the connection wait a second
+/// before its next frame; the test does not.
+#[tokio::test(start_paused = true)]
 async fn bad_frames_get_errors_and_the_connection_keeps_working() {
     let tree = start(Limits {
         max_subscriptions: 1,

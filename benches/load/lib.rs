@@ -10,11 +10,13 @@
 //! - [`rawws`]: the subscribers' lean WebSocket client (no allocation per message).
 //! - [`target`]: the two protocol adapters (Switchboard, NATS over WebSocket).
 //! - [`publish`]: open-loop publishers over HTTP, WebSocket or NATS.
+//! - [`hostile`]: the `abuse` scenario's slow readers, churners and announcers.
 //! - [`stats`]: latency histograms and the loss/duplicate accounting.
 //! - [`procfs`]: the server's CPU time and RSS from `/proc`.
 //! - [`run`]: one run of a plan against a target.
 //! - [`report`]: JSON lines, medians, ratios, the table and the SVG plots.
 
+pub mod hostile;
 pub mod net;
 pub mod payload;
 pub mod procfs;

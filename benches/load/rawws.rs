@@ -76,6 +76,11 @@ impl RawWs {
         })
     }
 
+    /// Writes bytes as they are: for clients that break the protocol on purpose.
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
     /// Sends one masked frame.
     pub async fn send(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
         let mut out = Vec::with_capacity(payload.len() + 14);

@@ -68,7 +68,18 @@ pub struct RunResult {
     pub sys_us_per_delivery: Option<f64>,
     pub rss_kib_before: u64,
     pub rss_kib_after: u64,
+    /// The largest resident size sampled while publishing.
+    #[serde(default)]
+    pub rss_kib_peak: u64,
     pub rss_kib_per_conn: Option<f64>,
+    /// The abuse scenario's hostile connections: connects, churned
+    /// subscribe/unsubscribe requests, bulk messages published.
+    #[serde(default)]
+    pub hostile_connects: u64,
+    #[serde(default)]
+    pub hostile_churned: u64,
+    #[serde(default)]
+    pub hostile_bulk: u64,
 }
 
 impl RunResult {
@@ -113,6 +124,19 @@ impl RunResult {
         if let Some(k) = self.rss_kib_per_conn {
             s += &format!("  {k:.2} KiB/conn");
         }
+        if self.latency_us.is_some() {
+            s += &format!(
+                "  RSS +{:.1} MiB (peak +{:.1})",
+                self.rss_kib_after.saturating_sub(self.rss_kib_before) as f64 / 1024.0,
+                self.rss_kib_peak.saturating_sub(self.rss_kib_before) as f64 / 1024.0
+            );
+        }
+        if self.hostile_connects > 0 {
+            s += &format!(
+                "  hostile: {} connects, {} churned, {} bulk",
+                self.hostile_connects, self.hostile_churned, self.hostile_bulk
+            );
+        }
         if self.latency_us.is_none() && self.rss_kib_per_conn.is_none() {
             s += &format!(
                 "  {:.0} conn/s (p99 {} ms, {} errors)",
@@ -145,6 +169,8 @@ const METRICS: &[(&str, bool)] = &[
     ("p50_ms", true),
     ("p99_ms", true),
     ("rss_kib_per_conn", true),
+    ("rss_growth_mib", true),
+    ("rss_peak_growth_mib", true),
     ("connect_per_s", false),
     ("lost", true),
     ("duplicated", true),
@@ -159,6 +185,12 @@ fn metric(r: &RunResult, name: &str) -> Option<f64> {
         "p50_ms" => r.latency_us.as_ref().map(|l| ms(l.p50)),
         "p99_ms" => r.latency_us.as_ref().map(|l| ms(l.p99)),
         "rss_kib_per_conn" => r.rss_kib_per_conn,
+        "rss_growth_mib" => r
+            .latency_us
+            .is_some()
+            .then(|| r.rss_kib_after.saturating_sub(r.rss_kib_before) as f64 / 1024.0),
+        "rss_peak_growth_mib" => (r.latency_us.is_some() && r.rss_kib_peak > 0)
+            .then(|| r.rss_kib_peak.saturating_sub(r.rss_kib_before) as f64 / 1024.0),
         "connect_per_s" => (r.scenario == "connect-storm").then_some(r.connect_per_s),
         "lost" => r.latency_us.is_some().then_some(r.lost as f64),
         "duplicated" => r.latency_us.is_some().then_some(r.duplicated as f64),
@@ -234,6 +266,30 @@ pub fn table(results: &[RunResult]) -> String {
                 fmt(b)
             );
         }
+    }
+    out + &beside_plain(&m)
+}
+
+/// The abuse scenario beside the plain fan-out it disturbs, per target:
+/// the honest subscribers' p99 and the server's memory growth.
+fn beside_plain(m: &Medians) -> String {
+    let mut out = String::new();
+    for target in ["switchboard", "nats"] {
+        let get = |scenario: &str, name: &str| {
+            m.get(&(scenario.to_owned(), target.to_owned()))
+                .and_then(|(_, v)| v.get(name).copied())
+        };
+        let (Some(abused), Some(plain)) = (get("abuse", "p99_ms"), get("fanout-1k", "p99_ms")) else {
+            continue;
+        };
+        let growth =
+            |scenario| get(scenario, "rss_peak_growth_mib").map_or("–".into(), |g| format!("{g:.1} MiB"));
+        out += &format!(
+            "\n{target}: abuse beside fanout-1k: p99 {abused:.2} vs {plain:.2} ms ({:.2}×), peak RSS growth {} vs {}\n",
+            abused / plain,
+            growth("abuse"),
+            growth("fanout-1k"),
+        );
     }
     out
 }

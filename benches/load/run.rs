@@ -13,6 +13,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::hostile;
 use crate::payload::now_us;
 use crate::procfs;
 use crate::publish::{self, Schedule, Via};
@@ -155,6 +156,26 @@ async fn deliver(
         })
         .collect();
 
+    // Hostile connections (the abuse scenario) start with the measurement
+    // and stop when it ends; the server's memory is sampled every second.
+    let hostile = (plan.hostile > 0)
+        .then(|| tokio::spawn(hostile::run(cfg.target.clone(), plan.hostile, stop_rx.clone())));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = cfg.server_pid.map(|pid| {
+        let (peak, mut stop) = (Arc::clone(&peak), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Ok(s) = procfs::sample(pid) {
+                    peak.fetch_max(s.rss_kib, Ordering::Relaxed);
+                }
+            }
+        })
+    });
     let start = sample();
     let schedule = Schedule {
         start: Instant::now() + Duration::from_millis(100),
@@ -186,6 +207,16 @@ async fn deliver(
     let measured_for = schedule.start.elapsed();
     let end = sample();
     let _ = stop_tx.send(true);
+    if let Some(hostile) = hostile {
+        let counts = hostile.await?;
+        result.hostile_connects = counts.connects.load(Ordering::Relaxed);
+        result.hostile_churned = counts.churned.load(Ordering::Relaxed);
+        result.hostile_bulk = counts.bulk.load(Ordering::Relaxed);
+    }
+    if let Some(sampler) = sampler {
+        let _ = sampler.await;
+    }
+    result.rss_kib_peak = peak.load(Ordering::Relaxed).max(end.rss_kib);
 
     let mut total = Recorder::new();
     for r in readers {

@@ -35,10 +35,13 @@ pub struct Plan {
     pub rate: f64,
     pub payload: usize,
     pub duration: Duration,
+    /// Hostile connections running beside the honest ones (see [`crate::hostile`]).
+    pub hostile: usize,
 }
 
 pub const SCENARIOS: &[&str] = &[
     "fanout-1k",
+    "abuse",
     "fanout-10k",
     "personal",
     "turns",
@@ -56,9 +59,15 @@ impl Plan {
             rate,
             payload: 100,
             duration: Duration::from_secs(secs),
+            hostile: 0,
         };
         Some(match name {
             "fanout-1k" => plan(1_000, Layout::Fanout { channels: 1 }, Mode::Deliver, 100.0, 60),
+            // fanout-1k, with 100 hostile connections beside it.
+            "abuse" => Plan {
+                hostile: 100,
+                ..plan(1_000, Layout::Fanout { channels: 1 }, Mode::Deliver, 100.0, 60)
+            },
             "fanout-10k" => plan(10_000, Layout::Fanout { channels: 1 }, Mode::Deliver, 10.0, 60),
             "personal" => plan(
                 5_000,

@@ -22,10 +22,11 @@ fn plan(layout: Layout, connections: usize) -> Plan {
         rate: 200.0,
         payload: 64,
         duration: Duration::from_secs(1),
+        hostile: 0,
     }
 }
 
-async fn check(target: Target, plan: Plan, via: Via) {
+async fn check(target: Target, plan: Plan, via: Via) -> switchboard_bench::report::RunResult {
     let result = run(RunConfig {
         target,
         plan: plan.clone(),
@@ -45,9 +46,49 @@ async fn check(target: Target, plan: Plan, via: Via) {
         (result.expected, 0, 0),
         "{via:?}"
     );
-    let latency = result.latency_us.unwrap();
+    let latency = result.latency_us.as_ref().unwrap();
     assert!(latency.p50 > 0 && latency.p99 >= latency.p50);
     assert!(result.cpu_s_per_1m.is_some());
+    result
+}
+
+/// A small abuse run: the honest subscribers get everything while each kind
+/// of hostile connection does its thing.
+fn abuse(
+    target: Target,
+    via: Via,
+) -> impl std::future::Future<Output = switchboard_bench::report::RunResult> {
+    let plan = Plan {
+        hostile: 6,
+        duration: Duration::from_secs(2),
+        ..plan(Layout::Fanout { channels: 1 }, 20)
+    };
+    check(target, plan, via)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_abuse_scenario_runs_against_both_targets() {
+    let server = harness::switchboard().await;
+    let nats = harness::nats_server();
+    for target in [
+        Target::Switchboard(server.target.clone()),
+        Target::Nats(nats.target.clone()),
+    ] {
+        let via = if matches!(target, Target::Nats(_)) {
+            Via::Nats
+        } else {
+            Via::Ws
+        };
+        let result = abuse(target, via).await;
+        assert!(result.hostile_connects >= 6, "{}", result.summary());
+        assert!(
+            result.hostile_churned > 0 && result.hostile_bulk > 0,
+            "{}",
+            result.summary()
+        );
+        assert!(result.rss_kib_peak > 0);
+    }
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

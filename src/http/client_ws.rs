@@ -5,41 +5,25 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header;
 use axum::response::Response;
-use serde::Deserialize;
 use switchboard_actors::{CloseReason, Sink};
 use switchboard_proto::ErrorCode;
 
 use super::sockets::{Side, switch};
 use super::{ApiError, App};
-use crate::auth::{LEEWAY_SECS, bearer, verify_client_token};
-use crate::ws::handshake::check_upgrade;
-
-#[derive(Deserialize)]
-struct WsQuery {
-    token: Option<String>,
-    ticket: Option<String>,
-}
+use crate::auth::{LEEWAY_SECS, verify_client_token};
+use crate::ws::handshake::{Credential, check_upgrade, credential};
 
 pub async fn upgrade(State(app): State<Arc<App>>, req: Request<Body>) -> Result<Response, ApiError> {
     let key = check_upgrade(&req)?;
-    let Query(query) = Query::<WsQuery>::try_from_uri(req.uri())
-        .map_err(|e| ApiError::of(ErrorCode::ValidationError, e.body_text()))?;
-    let token = query.token.as_deref().or_else(|| bearer(req.headers()));
     // A JWT bounds the connection's life; a ticket only its start (it is
     // minted for seconds, to open one connection).
-    let (verified, close_at) = match (token, query.ticket.as_deref()) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::of(
-                ErrorCode::ValidationError,
-                "connect with a token or a ticket, not both",
-            ));
-        }
-        (None, Some(ticket)) => (app.tickets.verify(app.directory.as_ref(), ticket)?, None),
-        (token, None) => {
-            let verified = verify_client_token(app.directory.as_ref(), token.unwrap_or(""))?;
+    let (verified, close_at) = match credential(&req)? {
+        Credential::Ticket(ticket) => (app.tickets.verify(app.directory.as_ref(), &ticket)?, None),
+        Credential::Token(token) => {
+            let verified = verify_client_token(app.directory.as_ref(), &token)?;
             let close_at = verified.expires_at.saturating_add(LEEWAY_SECS);
             (verified, Some(close_at))
         }

@@ -3,6 +3,7 @@
 //! fan-out writes prepared frames straight into it.
 
 use axum::body::Body;
+use axum::extract::Query;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -13,6 +14,7 @@ use sha1::{Digest, Sha1};
 use switchboard_proto::ErrorCode;
 use tokio::net::TcpStream;
 
+use crate::auth::bearer;
 use crate::http::ApiError;
 
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -63,6 +65,37 @@ pub fn check_upgrade<B>(req: &Request<B>) -> Result<HeaderValue, ApiError> {
             ErrorCode::ValidationError,
             "Sec-WebSocket-Key must be 16 bytes in base64",
         )),
+    }
+}
+
+/// How a client authenticates its upgrade.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// A JWT, from `?token=` or `Authorization: Bearer`.
+    Token(String),
+    /// A short-lived ticket, from `?ticket=`.
+    Ticket(String),
+}
+
+#[derive(serde::Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+    ticket: Option<String>,
+}
+
+/// The credential `req` carries: a token or a ticket, not both. A request
+/// with neither carries an empty token, refused as missing by the verifier.
+pub fn credential<B>(req: &Request<B>) -> Result<Credential, ApiError> {
+    let Query(query) = Query::<WsQuery>::try_from_uri(req.uri())
+        .map_err(|e| ApiError::of(ErrorCode::ValidationError, e.body_text()))?;
+    let token = query.token.or_else(|| bearer(req.headers()).map(str::to_owned));
+    match (token, query.ticket) {
+        (Some(_), Some(_)) => Err(ApiError::of(
+            ErrorCode::ValidationError,
+            "connect with a token or a ticket, not both",
+        )),
+        (None, Some(ticket)) => Ok(Credential::Ticket(ticket)),
+        (token, None) => Ok(Credential::Token(token.unwrap_or_default())),
     }
 }
 
@@ -128,5 +161,32 @@ mod tests {
         let mut short = good;
         short[3].1 = "c2hvcnQ=";
         assert!(check_upgrade(&req(&short)).is_err());
+    }
+
+    #[test]
+    fn credentials() {
+        let at = |uri: &str, headers: &[(&str, &str)]| {
+            let mut b = Request::builder().uri(uri);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            credential(&b.body(()).unwrap())
+        };
+        assert_eq!(at("/v1/ws?token=a", &[]).unwrap(), Credential::Token("a".into()));
+        assert_eq!(
+            at("/v1/ws", &[("authorization", "Bearer b")]).unwrap(),
+            Credential::Token("b".into())
+        );
+        assert_eq!(
+            at("/v1/ws?ticket=t", &[]).unwrap(),
+            Credential::Ticket("t".into())
+        );
+        assert_eq!(at("/v1/ws", &[]).unwrap(), Credential::Token(String::new()));
+        assert!(at("/v1/ws?token=a&ticket=t", &[]).is_err());
+        assert!(at("/v1/ws?ticket=t", &[("authorization", "Bearer b")]).is_err());
+        assert!(
+            at("/v1/ws?token=a&token=b", &[]).is_err(),
+            "a duplicate is refused"
+        );
     }
 }
