@@ -266,18 +266,6 @@ impl StaticOrgs {
             Err(errors)
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.orgs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.orgs.is_empty()
-    }
-
-    pub fn ids(&self) -> impl Iterator<Item = &OrgId> {
-        self.orgs.keys()
-    }
 }
 
 impl OrgDirectory for StaticOrgs {

@@ -221,12 +221,7 @@ async fn probes_and_metrics() {
     let delivered = server.metric("switchboard_deliveries_total").await;
     server.publish("acme", "m", json!(1)).await;
     c.message().await;
-    let text = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&server.url("/metrics")).await;
     for name in [
         "switchboard_connections",
         "switchboard_subscriptions",

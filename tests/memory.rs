@@ -156,12 +156,7 @@ async fn subscribe_churn_on_fresh_channels_leaves_nothing_behind() {
         grown < 3 * MIB,
         "{grown} KiB left behind by {pairs} subscribe/unsubscribe pairs"
     );
-    let metrics = reqwest::get(broker.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&broker.url("/metrics")).await;
     assert!(metrics.contains("switchboard_history_channels"), "{metrics}");
     assert_eq!(
         metric_in(&metrics, "switchboard_history_channels"),

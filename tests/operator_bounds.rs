@@ -97,14 +97,7 @@ async fn a_turn_is_bounded_by_what_its_text_costs_escaped() {
     assert_eq!(refused(&op.next().await), Some((None, ErrorCode::LimitExceeded)));
     op.send(json!({"type": "turn_end", "id": 2, "turn": "t"})).await;
     op.ack(2).await;
-    let mut text = String::new();
-    loop {
-        let frame = watcher.channel_event().await;
-        apply_turn(&mut text, &frame, "t");
-        if matches!(frame, ServerFrame::TurnEnd { .. }) {
-            break;
-        }
-    }
+    let text = watcher.turn_text("t").await;
     assert_eq!(text, quotes, "the refused token is not in the turn");
     server.stop().await;
 }

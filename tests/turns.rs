@@ -67,12 +67,7 @@ async fn a_turn_streams_in_order_and_is_compacted_in_history() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["messages"].as_array().unwrap().len(), 1, "{body}");
     let m = &body["messages"][0];
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&server.url("/metrics")).await;
     for name in [
         "switchboard_operator_sessions",
         "switchboard_operator_sessions_connected",
@@ -433,14 +428,7 @@ async fn draining_lets_live_turns_finish_before_sockets_close() {
     say(&mut op, "t", "talking").await;
     op.send(json!({"type": "turn_end", "id": 2, "turn": "t"})).await;
     op.ack(2).await;
-    let mut text = String::new();
-    loop {
-        let frame = watcher.channel_event().await;
-        apply_turn(&mut text, &frame, "t");
-        if matches!(frame, ServerFrame::TurnEnd { .. }) {
-            break;
-        }
-    }
+    let text = watcher.turn_text("t").await;
     assert_eq!(text, "still talking");
     let close = watcher.closed().await.expect("then a close frame");
     assert_eq!(u16::from(close.code), 1001);

@@ -128,14 +128,6 @@ impl Connection {
         }
     }
 
-    pub fn id(&self) -> ConnId {
-        self.shared.id
-    }
-
-    pub fn subject(&self) -> &Subject {
-        &self.subject
-    }
-
     fn reply(&self, frame: ServerFrame) {
         self.write(&frame.prepare());
     }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use ractor::ActorRef;
-use switchboard_proto::{ConnId, OperatorFrame, Sid};
+use switchboard_proto::{ConnId, OperatorFrame};
 
 use crate::backplane::BoxFuture;
 use crate::link::{FrameHandler, Supervised};
@@ -16,7 +16,6 @@ use crate::sink::{CloseReason, Sink};
 
 pub struct OperatorShared {
     pub(crate) id: ConnId,
-    pub(crate) sid: Sid,
     pub(crate) sink: Arc<dyn Sink>,
     pub(crate) session: ActorRef<SessionMsg>,
     /// Which attachment of the session this socket is.
@@ -41,12 +40,6 @@ impl Supervised for OperatorShared {
 
 pub struct OperatorLink {
     pub(crate) shared: Arc<OperatorShared>,
-}
-
-impl OperatorLink {
-    pub fn sid(&self) -> &Sid {
-        &self.shared.sid
-    }
 }
 
 impl FrameHandler for OperatorLink {

@@ -53,15 +53,6 @@ impl SessionStore {
         self.records.iter().map(|r| r.turns.len()).sum()
     }
 
-    /// Sessions of this pod.
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-
     pub(crate) fn of_org(&self, org: &OrgId) -> Vec<SessionRecord> {
         self.records
             .iter()

@@ -114,7 +114,6 @@ impl Sessions {
         let generation = ractor::call!(session, SessionMsg::Attach, Arc::clone(&sink)).ok()?;
         let shared = OperatorShared {
             id: self.ids.next(),
-            sid: sid.clone(),
             sink,
             session,
             generation,

@@ -290,16 +290,6 @@ impl ClientFrame {
         // Serializing owned, validated data into a String cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
-
-    pub fn id(&self) -> &RequestId {
-        match self {
-            ClientFrame::Subscribe { id, .. }
-            | ClientFrame::Unsubscribe { id, .. }
-            | ClientFrame::Publish { id, .. }
-            | ClientFrame::Send { id, .. }
-            | ClientFrame::Ping { id } => id,
-        }
-    }
 }
 
 pub(crate) fn required_data(raw: Option<&RawValue>) -> Result<Box<RawValue>, String> {

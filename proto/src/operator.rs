@@ -118,17 +118,6 @@ impl OperatorFrame {
         // Owned, validated data serializes into a String without failing.
         serde_json::to_string(self).unwrap_or_default()
     }
-
-    /// The request id, for the reply.
-    pub fn id(&self) -> Option<&RequestId> {
-        match self {
-            OperatorFrame::TurnStart { id, .. }
-            | OperatorFrame::TurnEnd { id, .. }
-            | OperatorFrame::TurnError { id, .. } => id.as_ref(),
-            OperatorFrame::Publish { id, .. } | OperatorFrame::Ping { id } => Some(id),
-            OperatorFrame::Token { .. } => None,
-        }
-    }
 }
 
 #[cfg(test)]

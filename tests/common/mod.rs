@@ -133,13 +133,12 @@ impl TestServer {
     /// A metric's value summed over its label sets. Metrics are process-wide:
     /// other tests in the same binary add to them too.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metric_in(&text, name)
+        metric_in(&self.metrics().await, name)
+    }
+
+    /// The `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        get_text(&self.url("/metrics")).await
     }
 
     /// Stops the server (as Ctrl-C would) and waits for it.
@@ -473,6 +472,11 @@ impl Client {
     }
 }
 
+/// The body of a GET, as text.
+pub async fn get_text(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
 /// A metric of a Prometheus text page: the sum over its label sets.
 pub fn metric_in(page: &str, name: &str) -> f64 {
     page.lines()
@@ -594,6 +598,21 @@ impl Client {
             let frame = self.next().await;
             if frame.offset().is_some() {
                 return frame;
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Reads a channel's events up to `turn`'s end; returns the text a UI
+    /// would show for it.
+    pub async fn turn_text(&mut self, turn: &str) -> String {
+        let mut text = String::new();
+        loop {
+            let frame = self.channel_event().await;
+            apply_turn(&mut text, &frame, turn);
+            if matches!(frame, ServerFrame::TurnEnd { .. }) {
+                return text;
             }
         }
     }

@@ -131,12 +131,6 @@ impl Broker {
 
     /// A metric of this process (the sum over its label sets).
     pub async fn metric(&self, name: &str) -> f64 {
-        let page = reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        super::metric_in(&page, name)
+        super::metric_in(&super::get_text(&self.url("/metrics")).await, name)
     }
 }
