@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use switchboard_actors::{CloseReason, Hub, InProcess, Tree};
 
-use crate::ws::socket::Heartbeat;
+use crate::ws::liveness::Heartbeat;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

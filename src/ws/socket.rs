@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,15 +21,15 @@ use futures_util::task::AtomicWaker;
 use metrics::histogram;
 use parking_lot::Mutex;
 use switchboard_actors::backplane::BoxFuture;
-use switchboard_actors::clock::{self, Instant, millis_between};
+use switchboard_actors::clock::{self, Instant};
 use switchboard_actors::sink::{QUEUE_SLOT_BYTES, charge};
 use switchboard_actors::{CloseReason, Refused, Sink, telemetry};
 use switchboard_proto::PreparedFrame;
 use switchboard_proto::ws::{self, OpCode};
 use tokio::net::TcpStream;
 
+use super::liveness::{Heartbeat, Liveness, Verdict};
 use super::reader::FrameReader;
-use crate::auth::now_secs;
 
 /// Bytes read from the socket per `read` call, at most.
 const READ_CHUNK: usize = 16 * 1024;
@@ -49,15 +49,6 @@ thread_local! {
 
 static PING: LazyLock<PreparedFrame> =
     LazyLock::new(|| PreparedFrame::from_wire(ws::frame(OpCode::Ping, b"")));
-
-/// When to ping a quiet peer, when to give up on a silent one, and how long
-/// one message may take to arrive.
-#[derive(Clone, Copy, Debug)]
-pub struct Heartbeat {
-    pub ping_interval: Duration,
-    pub idle_timeout: Duration,
-    pub frame_timeout: Duration,
-}
 
 /// What one read from the socket gave.
 pub enum Filled {
@@ -87,18 +78,7 @@ pub struct Socket {
     capacity: usize,
     /// Keep frames never written after a close, for [`Sink::take_unsent`].
     keep_unsent: bool,
-    heartbeat: Heartbeat,
-    /// The origin of the millisecond clocks below.
-    born: Instant,
-    last_heard_ms: AtomicU64,
-    /// When the heartbeat next looks at this connection. Each connection
-    /// keeps its own phase, so connections opened together are not all
-    /// pinged in the same sweep.
-    next_ping_ms: AtomicU64,
-    /// When the connection's token expires (`u64::MAX`: never).
-    expires_ms: AtomicU64,
-    /// One more than when the message being read began; 0 between messages.
-    frame_since_ms: AtomicU64,
+    liveness: Liveness,
 }
 
 struct Out {
@@ -148,11 +128,6 @@ impl Socket {
     /// A socket whose queue holds up to `capacity` bytes; `keep_unsent` for
     /// operator sockets, whose session takes back what they never wrote.
     pub fn new(stream: TcpStream, capacity: usize, heartbeat: Heartbeat, keep_unsent: bool) -> Self {
-        // Spread first pings over half an interval, deterministically.
-        static SPREAD: AtomicU64 = AtomicU64::new(0);
-        let interval = heartbeat.ping_interval.as_millis() as u64;
-        let n = SPREAD.fetch_add(1, Ordering::Relaxed);
-        let jitter = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % (interval / 2).max(1);
         Self {
             stream,
             out: Mutex::new(Out {
@@ -166,17 +141,8 @@ impl Socket {
             signaled: AtomicBool::new(false),
             capacity,
             keep_unsent,
-            heartbeat,
-            born: clock::now(),
-            last_heard_ms: AtomicU64::new(0),
-            next_ping_ms: AtomicU64::new(interval - jitter),
-            expires_ms: AtomicU64::new(u64::MAX),
-            frame_since_ms: AtomicU64::new(0),
+            liveness: Liveness::new(heartbeat),
         }
-    }
-
-    fn now_ms(&self) -> u64 {
-        millis_between(self.born, clock::now())
     }
 
     fn signal(&self) {
@@ -201,9 +167,7 @@ impl Socket {
 
     /// Closes the connection once `unix_secs` has passed (checked by the heartbeat).
     pub fn expire_at(&self, unix_secs: u64) {
-        let left_ms = unix_secs.saturating_sub(now_secs()).saturating_mul(1000);
-        self.expires_ms
-            .store(self.now_ms().saturating_add(left_ms), Ordering::Relaxed);
+        self.liveness.expire_at(unix_secs);
     }
 
     /// Reads what the socket has, without waiting, into `reader`. The peer
@@ -213,7 +177,7 @@ impl Socket {
             Ok(0) => Ok(Filled::Eof),
             Ok(n) => {
                 reader.feed(&scratch[..n]);
-                self.last_heard_ms.store(self.now_ms(), Ordering::Relaxed);
+                self.liveness.heard();
                 Ok(Filled::Bytes)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Filled::WouldBlock),
@@ -224,11 +188,7 @@ impl Socket {
     /// Starts (or stops) the clock on the message being read, from the
     /// reader's progress before and after handling what arrived.
     pub(crate) fn track_message(&self, before: Option<u64>, after: Option<u64>) {
-        match after {
-            None => self.frame_since_ms.store(0, Ordering::Relaxed),
-            Some(_) if after != before => self.frame_since_ms.store(self.now_ms() + 1, Ordering::Relaxed),
-            Some(_) => {}
-        }
+        self.liveness.track_message(before, after);
     }
 
     pub(crate) fn closing(&self) -> Option<CloseReason> {
@@ -447,26 +407,12 @@ impl Sink for Socket {
     }
 
     fn heartbeat(&self, now: Instant) {
-        let now = millis_between(self.born, now);
-        if now >= self.expires_ms.load(Ordering::Relaxed) {
-            return self.close(CloseReason::TokenExpired);
-        }
-        let since = self.frame_since_ms.load(Ordering::Relaxed);
-        if since > 0 && now.saturating_sub(since - 1) >= self.heartbeat.frame_timeout.as_millis() as u64 {
-            return self.close(CloseReason::FrameTimeout);
-        }
-        let silent = now.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed));
-        if silent >= self.heartbeat.idle_timeout.as_millis() as u64 {
-            return self.close(CloseReason::IdleTimeout);
-        }
-        let interval = self.heartbeat.ping_interval.as_millis() as u64;
-        if now < self.next_ping_ms.load(Ordering::Relaxed) {
-            return;
-        }
-        self.next_ping_ms.store(now + interval, Ordering::Relaxed);
-        // A peer heard from recently needs no ping this round.
-        if silent >= interval / 2 {
-            let _ = self.offer(&PING);
+        match self.liveness.check(now) {
+            Verdict::Close(reason) => self.close(reason),
+            Verdict::Ping => {
+                let _ = self.offer(&PING);
+            }
+            Verdict::Fine => {}
         }
     }
 

@@ -11,8 +11,9 @@ use switchboard_actors::{CloseReason, FrameHandler, Sink};
 use switchboard_proto::PreparedFrame;
 use switchboard_proto::ws::{self, OpCode};
 
+use super::liveness::Heartbeat;
 use super::reader::{Event, FrameReader, ReadError};
-use super::socket::{Filled, Flush, Heartbeat, Socket};
+use super::socket::{Filled, Flush, Socket};
 
 #[derive(Clone, Copy, Debug)]
 pub struct WsSettings {

@@ -203,27 +203,3 @@ async fn an_operator_socket_whose_peer_vanished_hands_back_every_frame_whole() {
     assert!(unsent.iter().all(|f| f.len() == text(0, 10_000).len()));
     assert_eq!(socket.queued(), 0);
 }
-
-#[tokio::test(start_paused = true)]
-async fn the_heartbeat_pings_expires_and_times_out_trickled_frames() {
-    let (socket, _peer) = pair(1 << 20, false).await;
-    let t0 = socket.born;
-    socket.heartbeat(t0 + Duration::from_secs(30));
-    assert_eq!(socket.closing(), None, "30 s of silence: a ping, no close");
-    socket.track_message(None, Some(0));
-    socket.heartbeat(t0 + Duration::from_secs(9));
-    assert_eq!(socket.closing(), None);
-    socket.heartbeat(t0 + Duration::from_secs(10));
-    assert_eq!(socket.closing(), Some(CloseReason::FrameTimeout));
-
-    let (socket, _peer) = pair(1 << 20, false).await;
-    socket.expire_at(now_secs() + 5);
-    socket.heartbeat(socket.born + Duration::from_secs(4));
-    assert_eq!(socket.closing(), None);
-    socket.heartbeat(socket.born + Duration::from_secs(6));
-    assert_eq!(socket.closing(), Some(CloseReason::TokenExpired));
-
-    let (socket, _peer) = pair(1 << 20, false).await;
-    socket.heartbeat(socket.born + Duration::from_secs(60));
-    assert_eq!(socket.closing(), Some(CloseReason::IdleTimeout));
-}
