@@ -64,7 +64,8 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn refuse(why: &str) -> AuthError {
+/// The one refusal a caller sees; the precise reason goes to the debug log.
+pub(crate) fn refuse(why: &str) -> AuthError {
     tracing::debug!(reason = why, "credential refused");
     AuthError::Invalid
 }

@@ -14,7 +14,7 @@ use sha2::Sha256;
 use switchboard_actors::Identity;
 use switchboard_proto::{Grants, OrgId, Subject};
 
-use crate::auth::{AuthError, Verified, now_secs};
+use crate::auth::{AuthError, Verified, now_secs, refuse};
 use crate::directory::OrgDirectory;
 
 /// Lifetimes a ticket may ask for, in seconds, and the default.
@@ -113,11 +113,6 @@ impl TicketKey {
             expires_at,
         })
     }
-}
-
-fn refuse(why: &str) -> AuthError {
-    tracing::debug!(reason = why, "ticket refused");
-    AuthError::Invalid
 }
 
 /// The ticket fuzz target: byte 0 picks what the rest is. 0: a ticket as a
