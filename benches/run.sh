@@ -27,7 +27,7 @@ while (($#)); do
   esac
   shift
 done
-((${#scenarios[@]})) || scenarios=(fanout-1k fanout-10k personal turns idle connect-storm)
+((${#scenarios[@]})) || scenarios=(fanout-1k abuse fanout-10k personal turns idle connect-storm)
 
 command -v nats-server >/dev/null || { echo "nats-server is missing: apt-get install nats-server" >&2; exit 1; }
 command -v taskset >/dev/null || { echo "taskset is missing: apt-get install util-linux" >&2; exit 1; }

@@ -94,6 +94,11 @@ struct Out {
     finished: bool,
 }
 
+/// What a queued frame counts against the bound (as [`charge`] counts a prepared one).
+fn charged(wire: &Bytes) -> usize {
+    wire.len() + QUEUE_SLOT_BYTES
+}
+
 impl Out {
     /// Marks `n` more bytes written, popping the frames that are complete.
     fn consume(&mut self, mut n: usize) {
@@ -105,7 +110,7 @@ impl Out {
                 return;
             }
             n -= rest;
-            self.queued -= front.len() + QUEUE_SLOT_BYTES;
+            self.queued -= charged(front);
             self.written = 0;
             self.queue.pop_front();
         }
@@ -116,7 +121,7 @@ impl Out {
     fn drop_queue(&mut self, keep_torn: bool) {
         let keep = usize::from(keep_torn && self.written > 0);
         self.queue.truncate(keep);
-        self.queued = self.queue.iter().map(|f| f.len() + QUEUE_SLOT_BYTES).sum();
+        self.queued = self.queue.iter().map(charged).sum();
         if keep == 0 {
             self.written = 0;
             self.queue = VecDeque::new();
@@ -449,7 +454,7 @@ impl Sink for Socket {
         // A frame partly written is the task's to finish, unless it is done.
         let skip = usize::from(out.written > 0 && !out.finished);
         let unsent: Vec<Bytes> = out.queue.drain(skip..).collect();
-        out.queued -= unsent.iter().map(|f| f.len() + QUEUE_SLOT_BYTES).sum::<usize>();
+        out.queued -= unsent.iter().map(charged).sum::<usize>();
         if skip == 0 {
             out.written = 0;
         }
