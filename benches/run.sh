@@ -2,6 +2,7 @@
 # Benchmarks Switchboard against nats-server's WebSocket listener, in one
 # session, with the same load generator:
 #   benches/run.sh [--quick] [--repeats N] [--duration S] [--out FILE] [--plots DIR] [scenario ...]
+# (rate-sweep stands for rate-100 rate-200 rate-400 rate-800)
 # Each server runs alone on core 0, the load generator on core 1. Every
 # scenario gets a warm-up run per target, then N interleaved repeats
 # (switchboard, nats, switchboard, ...), each against a freshly started
@@ -22,12 +23,18 @@ while (($#)); do
     --duration) duration="$2"; shift ;;
     --out) out="$2"; shift ;;
     --plots) plots="$2"; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) scenarios+=("$1") ;;
   esac
   shift
 done
-((${#scenarios[@]})) || scenarios=(fanout-1k abuse fanout-10k personal turns idle connect-storm)
+((${#scenarios[@]})) || scenarios=(fanout-1k burst burst-10 rate-sweep abuse fanout-10k personal turns idle connect-storm)
+# rate-sweep: fanout-1k's shape at each paced rate.
+expanded=()
+for s in "${scenarios[@]}"; do
+  if [ "$s" = rate-sweep ]; then expanded+=(rate-100 rate-200 rate-400 rate-800); else expanded+=("$s"); fi
+done
+scenarios=("${expanded[@]}")
 
 command -v nats-server >/dev/null || { echo "nats-server is missing: apt-get install nats-server" >&2; exit 1; }
 command -v taskset >/dev/null || { echo "taskset is missing: apt-get install util-linux" >&2; exit 1; }

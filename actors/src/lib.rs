@@ -15,7 +15,8 @@
 //! # Layout
 //! - [`hub`]: sharded channel → subscriber map and the fan-out loop.
 //! - [`sink`]: how the hub writes to a connection (bounded in bytes);
-//!   [`sink::MemorySink`] for tests.
+//!   [`sink::MemorySink`] for tests. [`batch`]: write coalescing, one
+//!   write per subscriber per batch of publishes.
 //! - [`channels`]: the one home for publishing and reading channels.
 //! - [`backplane`]: the `Backplane` and `History` capabilities.
 //! - [`memory`]: the in-process backplane with bounded in-memory history.
@@ -28,6 +29,7 @@
 //! - [`limits`], [`telemetry`]: settings the actors enforce, metric names.
 
 pub mod backplane;
+pub mod batch;
 pub mod channels;
 pub mod clock;
 pub mod connection;

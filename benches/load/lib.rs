@@ -14,11 +14,12 @@
 //! - [`stats`]: latency histograms and the loss/duplicate accounting.
 //! - [`procfs`]: the server's CPU time and RSS from `/proc`.
 //! - [`run`]: one run of a plan against a target.
-//! - [`report`]: JSON lines, medians, ratios, the table and the SVG plots.
+//! - [`report`]: JSON lines, medians, ratios and the table; [`plot`]: the SVG plots.
 
 pub mod hostile;
 pub mod net;
 pub mod payload;
+pub mod plot;
 pub mod procfs;
 pub mod publish;
 pub mod rawws;

@@ -12,10 +12,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use switchboard::config::FileConfig;
 use switchboard::directory::JwtKeyConfig;
 use switchboard_bench::publish::Via;
-use switchboard_bench::report;
 use switchboard_bench::run::{RunConfig, run};
 use switchboard_bench::scenario::{Plan, SCENARIOS};
 use switchboard_bench::target::{Nats, Switchboard, Target};
+use switchboard_bench::{plot, report};
 
 #[derive(Parser)]
 #[command(
@@ -122,8 +122,9 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", report::table(&runs));
             if let Some(dir) = plot_dir {
                 std::fs::create_dir_all(&dir)?;
-                report::plot_cdf(&runs, &dir.join("latency-cdf.svg"))?;
-                report::plot_scaling(&runs, &dir.join("scaling.svg"))?;
+                plot::plot_cdf(&runs, &dir.join("latency-cdf.svg"))?;
+                plot::plot_scaling(&runs, &dir.join("scaling.svg"))?;
+                plot::plot_rates(&runs, &dir.join("rates.svg"))?;
                 eprintln!("plots written to {}", dir.display());
             }
             Ok(())

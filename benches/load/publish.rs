@@ -3,6 +3,7 @@
 //! the server's replies. A channel's messages always leave from one lane, in
 //! order, so every subscriber can check its sequence.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -182,12 +183,46 @@ async fn http(sb: &Switchboard, plan: Arc<Plan>, schedule: Schedule) -> anyhow::
     Ok(merge(parts))
 }
 
+/// Runs `lane(i)` for each of the plan's publishers and adds up what they published.
+async fn lanes<F, Fut>(plan: &Plan, lane: F) -> anyhow::Result<Published>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = anyhow::Result<Published>> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..plan.publishers.max(1))
+        .map(|i| tokio::spawn(lane(i)))
+        .collect();
+    let mut parts = Vec::new();
+    for task in tasks {
+        parts.push(task.await??);
+    }
+    Ok(merge(parts))
+}
+
+/// Whether publisher `lane` owns `channel`.
+fn owned(plan: &Plan, lane: usize) -> impl Fn(u32) -> bool {
+    let n = plan.publishers.max(1);
+    move |c| c as usize % n == lane
+}
+
 async fn ws(sb: &Switchboard, plan: Arc<Plan>, schedule: Schedule) -> anyhow::Result<Published> {
-    let token = sb.token("load-publisher", true)?;
+    lanes(&plan, |lane| {
+        ws_lane(sb.clone(), Arc::clone(&plan), schedule, lane)
+    })
+    .await
+}
+
+async fn ws_lane(
+    sb: Switchboard,
+    plan: Arc<Plan>,
+    schedule: Schedule,
+    lane: usize,
+) -> anyhow::Result<Published> {
+    let token = sb.token(&format!("load-publisher-{lane}"), true)?;
     let ws = net::websocket(&sb.ws_url(&token), sb.addr, 0, 1).await?;
     let (mut tx, rx) = ws.split();
     let errors = tokio::spawn(count_errors(rx));
-    let mut ticks = Ticks::new(&plan, schedule, |_| true);
+    let mut ticks = Ticks::new(&plan, schedule, owned(&plan, lane));
     let mut id = 0u64;
     while let Some((channel, payload)) = ticks.next().await {
         id += 1;
@@ -209,8 +244,20 @@ async fn ws(sb: &Switchboard, plan: Arc<Plan>, schedule: Schedule) -> anyhow::Re
 }
 
 async fn nats(url: &str, plan: Arc<Plan>, schedule: Schedule) -> anyhow::Result<Published> {
+    lanes(&plan, |lane| {
+        nats_lane(url.to_owned(), Arc::clone(&plan), schedule, lane)
+    })
+    .await
+}
+
+async fn nats_lane(
+    url: String,
+    plan: Arc<Plan>,
+    schedule: Schedule,
+    lane: usize,
+) -> anyhow::Result<Published> {
     let client = async_nats::connect(url).await?;
-    let mut ticks = Ticks::new(&plan, schedule, |_| true);
+    let mut ticks = Ticks::new(&plan, schedule, owned(&plan, lane));
     while let Some((channel, payload)) = ticks.next().await {
         let sent = client
             .publish(plan.channel_name(channel), payload.into_bytes().into())

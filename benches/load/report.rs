@@ -1,6 +1,6 @@
 //! Results: one JSON line per run, then medians per scenario and target,
-//! ratios against the baseline measured in the same session, a table, and
-//! SVG plots (latency CDF; latency and CPU per delivery against subscribers).
+//! ratios against the baseline measured in the same session, and a table
+//! (the plots are in [`crate::plot`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,6 +46,7 @@ pub struct RunResult {
     pub label: String,
     pub via: Option<Via>,
     pub connections: usize,
+    /// Messages per second; 0 for a burst (unpaced: JSON has no infinity).
     pub rate: f64,
     pub payload: usize,
     pub duration_s: f64,
@@ -90,7 +91,11 @@ impl RunResult {
             label: cfg.label.clone(),
             via: Some(cfg.via),
             connections: cfg.plan.connections,
-            rate: cfg.plan.rate,
+            rate: if cfg.plan.rate.is_finite() {
+                cfg.plan.rate
+            } else {
+                0.0
+            },
             payload: cfg.plan.payload,
             duration_s: cfg.plan.duration.as_secs_f64(),
             ..RunResult::default()
@@ -147,7 +152,7 @@ impl RunResult {
     }
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
         return None;
@@ -163,6 +168,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 /// The metrics the table reports, and whether lower is better.
 const METRICS: &[(&str, bool)] = &[
+    ("delivered_per_s", false),
     ("cpu_s_per_1m", true),
     ("user_us_per_delivery", true),
     ("sys_us_per_delivery", true),
@@ -179,6 +185,8 @@ const METRICS: &[(&str, bool)] = &[
 fn metric(r: &RunResult, name: &str) -> Option<f64> {
     let ms = |us: u64| us as f64 / 1e3;
     match name {
+        // What a burst measures; a paced run delivers at the rate it is fed.
+        "delivered_per_s" => r.scenario.starts_with("burst").then_some(r.delivered_per_s),
         "cpu_s_per_1m" => r.cpu_s_per_1m,
         "user_us_per_delivery" => r.user_us_per_delivery,
         "sys_us_per_delivery" => r.sys_us_per_delivery,
@@ -198,7 +206,7 @@ fn metric(r: &RunResult, name: &str) -> Option<f64> {
     }
 }
 
-fn by_scenario_and_target<'a>(
+pub(crate) fn by_scenario_and_target<'a>(
     runs: impl Iterator<Item = &'a RunResult>,
 ) -> BTreeMap<(String, String), Vec<&'a RunResult>> {
     let mut grouped: BTreeMap<(String, String), Vec<&RunResult>> = BTreeMap::new();
@@ -302,150 +310,6 @@ pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<RunResult>> {
         .collect()
 }
 
-/// Latency CDFs (median run of each scenario and target) as an SVG.
-pub fn plot_cdf(results: &[RunResult], path: &Path) -> anyhow::Result<()> {
-    use plotters::prelude::*;
-    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let series = representative_runs(results);
-    let max_ms = series
-        .iter()
-        .flat_map(|(_, l)| l.cdf.iter().map(|(_, us)| *us as f64 / 1e3))
-        .fold(1.0f64, f64::max);
-    // x: the tail as "nines": 0 → p0, 1 → p90, 2 → p99, 3 → p99.9, 4 → p99.99.
-    let nines = |q: f64| {
-        if q >= 1.0 {
-            4.5
-        } else {
-            (-(1.0 - q).log10()).min(4.5)
-        }
-    };
-    let mut chart = ChartBuilder::on(&root)
-        .caption("delivery latency by percentile", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0f64..4.5, (0.01f64..max_ms * 1.2).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("percentile")
-        .y_desc("latency (ms, log)")
-        .x_labels(10)
-        .x_label_formatter(&|x| {
-            // Only whole "nines" get a label.
-            if (x - x.round()).abs() > 1e-6 {
-                return String::new();
-            }
-            match x.round() as i32 {
-                0 => "p0".into(),
-                1 => "p90".into(),
-                2 => "p99".into(),
-                3 => "p99.9".into(),
-                4 => "p99.99".into(),
-                _ => String::new(),
-            }
-        })
-        .draw()?;
-    for (i, (name, lat)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                lat.cdf
-                    .iter()
-                    .map(|(q, us)| (nines(*q), (*us as f64 / 1e3).max(0.01))),
-                color.stroke_width(2),
-            ))?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
-}
-
-/// For each (scenario, target) with latencies, the run with the median p99.
-fn representative_runs(results: &[RunResult]) -> Vec<(String, Latency)> {
-    by_scenario_and_target(results.iter().filter(|r| r.latency_us.is_some()))
-        .into_iter()
-        .filter_map(|((s, t), mut runs)| {
-            runs.sort_by_key(|r| r.latency_us.as_ref().map_or(0, |l| l.p99));
-            let mid = runs.get(runs.len() / 2)?;
-            Some((format!("{s} · {t}"), mid.latency_us.clone()?))
-        })
-        .collect()
-}
-
-/// p99 latency and CPU per delivery against the number of subscribers, from
-/// every fan-out run (one point per (target, connections), medians).
-pub fn plot_scaling(results: &[RunResult], path: &Path) -> anyhow::Result<()> {
-    use plotters::prelude::*;
-    // Per (target, connections): every run's [p99 ms, CPU-s per 1M].
-    let mut runs: BTreeMap<(String, usize), [Vec<f64>; 2]> = BTreeMap::new();
-    for r in results.iter().filter(|r| r.scenario.starts_with("fanout")) {
-        let e = runs.entry((r.target.clone(), r.connections)).or_default();
-        if let Some(l) = &r.latency_us {
-            e[0].push(l.p99 as f64 / 1e3);
-        }
-        if let Some(c) = r.cpu_s_per_1m {
-            e[1].push(c);
-        }
-    }
-    let points: BTreeMap<(String, usize), [Option<f64>; 2]> = runs
-        .into_iter()
-        .map(|(key, [l, c])| (key, [median(l), median(c)]))
-        .collect();
-    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(450);
-    let max_n = points.keys().map(|(_, n)| *n).max().unwrap_or(1) as f64;
-    let targets: Vec<String> = {
-        let mut t: Vec<String> = points.keys().map(|(t, _)| t.clone()).collect();
-        t.dedup();
-        t
-    };
-    for (area, title, pick) in [
-        (&left, "p99 latency (ms)", 0),
-        (&right, "server CPU-s per 1M deliveries", 1),
-    ] {
-        let max_y = points.values().filter_map(|m| m[pick]).fold(1.0f64, f64::max) * 1.2;
-        let mut chart = ChartBuilder::on(area)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(48)
-            .build_cartesian_2d((50f64..max_n * 1.5).log_scale(), 0f64..max_y)?;
-        chart
-            .configure_mesh()
-            .x_desc("subscribers")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .draw()?;
-        for (i, target) in targets.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let series: Vec<(f64, f64)> = points
-                .iter()
-                .filter(|((t, _), _)| t == target)
-                .filter_map(|((_, n), m)| Some((*n as f64, m[pick]?)))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))?
-                .label(target.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-            chart.draw_series(series.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-    }
-    root.present()?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,18 +348,5 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("| fanout-1k | p99_ms | 2.00 | 10.00 | 0.20× |"), "{t}");
-    }
-
-    #[test]
-    fn plots_render() {
-        let dir = tempfile::tempdir().unwrap();
-        let results = vec![run("switchboard", 4.0, 2000), run("nats", 8.0, 10_000)];
-        plot_cdf(&results, &dir.path().join("cdf.svg")).unwrap();
-        plot_scaling(&results, &dir.path().join("scaling.svg")).unwrap();
-        assert!(
-            std::fs::read_to_string(dir.path().join("cdf.svg"))
-                .unwrap()
-                .contains("<svg")
-        );
     }
 }

@@ -204,7 +204,6 @@ async fn deliver(
             quiet_since = Instant::now();
         }
     }
-    let measured_for = schedule.start.elapsed();
     let end = sample();
     let _ = stop_tx.send(true);
     if let Some(hostile) = hostile {
@@ -235,7 +234,10 @@ async fn deliver(
     result.delivered = total.delivered;
     result.lost = total.lost;
     result.duplicated = total.duplicated + total.foreign;
-    result.delivered_per_s = total.delivered as f64 / measured_for.as_secs_f64();
+    // From the first message's due time to the last delivery: a burst's
+    // throughput, a paced run's rate.
+    let delivering_for = total.last_us.saturating_sub(schedule.start_us) as f64 / 1e6;
+    result.delivered_per_s = total.delivered as f64 / delivering_for.max(1e-3);
     result.latency_us = Some(Latency::from(&total.latency));
     result.rss_kib_after = end.rss_kib;
     let user = end.user.saturating_sub(start.user).as_secs_f64();

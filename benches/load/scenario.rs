@@ -37,10 +37,23 @@ pub struct Plan {
     pub duration: Duration,
     /// Hostile connections running beside the honest ones (see [`crate::hostile`]).
     pub hostile: usize,
+    /// A burst: this many messages, all due at once (the rate is then infinite).
+    pub burst: Option<u64>,
+    /// Publisher connections, each owning the channels `c % publishers`.
+    pub publishers: usize,
 }
+
+/// The paced rates of the `rate-sweep` (messages per second to 1,000 subscribers).
+pub const SWEEP_RATES: &[u32] = &[100, 200, 400, 800];
 
 pub const SCENARIOS: &[&str] = &[
     "fanout-1k",
+    "burst",
+    "burst-10",
+    "rate-100",
+    "rate-200",
+    "rate-400",
+    "rate-800",
     "abuse",
     "fanout-10k",
     "personal",
@@ -60,13 +73,39 @@ impl Plan {
             payload: 100,
             duration: Duration::from_secs(secs),
             hostile: 0,
+            burst: None,
+            publishers: 1,
         };
+        let fanout_1k = |rate, secs| plan(1_000, Layout::Fanout { channels: 1 }, Mode::Deliver, rate, secs);
         Some(match name {
-            "fanout-1k" => plan(1_000, Layout::Fanout { channels: 1 }, Mode::Deliver, 100.0, 60),
+            "fanout-1k" => fanout_1k(100.0, 60),
+            // 3,000 messages as fast as one publisher socket sends them.
+            "burst" => Plan {
+                burst: Some(3_000),
+                ..fanout_1k(f64::INFINITY, 0)
+            },
+            // 10 publishers, each bursting 3,000 messages on its channel of 100.
+            "burst-10" => Plan {
+                burst: Some(30_000),
+                publishers: 10,
+                ..plan(
+                    1_000,
+                    Layout::Fanout { channels: 10 },
+                    Mode::Deliver,
+                    f64::INFINITY,
+                    0,
+                )
+            },
+            _ if name.starts_with("rate-") => {
+                let rate: u32 = name["rate-".len()..].parse().ok()?;
+                SWEEP_RATES
+                    .contains(&rate)
+                    .then(|| fanout_1k(f64::from(rate), 20))?
+            }
             // fanout-1k, with 100 hostile connections beside it.
             "abuse" => Plan {
                 hostile: 100,
-                ..plan(1_000, Layout::Fanout { channels: 1 }, Mode::Deliver, 100.0, 60)
+                ..fanout_1k(100.0, 60)
             },
             "fanout-10k" => plan(10_000, Layout::Fanout { channels: 1 }, Mode::Deliver, 10.0, 60),
             "personal" => plan(
@@ -137,7 +176,8 @@ impl Plan {
 
     /// Messages published in the run.
     pub fn messages(&self) -> u64 {
-        (self.rate * self.duration.as_secs_f64()).round() as u64
+        self.burst
+            .unwrap_or_else(|| (self.rate * self.duration.as_secs_f64()).round() as u64)
     }
 
     /// The channel message `i` goes to: round robin for fan-out; for the chat
@@ -170,6 +210,16 @@ mod tests {
             assert!(Plan::preset(name).is_some(), "{name}");
         }
         assert!(Plan::preset("nope").is_none());
+        assert!(Plan::preset("rate-300").is_none(), "only the sweep's rates");
+        assert_eq!(Plan::preset("rate-800").unwrap().messages(), 16_000);
+    }
+
+    #[test]
+    fn bursts_are_due_at_once() {
+        let b = Plan::preset("burst-10").unwrap();
+        assert_eq!(b.messages(), 30_000);
+        assert_eq!(b.subscribers(), vec![100; 10]);
+        assert!(b.rate.is_infinite());
     }
 
     #[test]

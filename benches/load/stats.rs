@@ -45,6 +45,8 @@ pub struct Recorder {
     pub duplicated: u64,
     /// Deliveries for a channel the connection did not subscribe to.
     pub foreign: u64,
+    /// When the latest delivery arrived (µs since the Unix epoch).
+    pub last_us: u64,
 }
 
 impl Default for Recorder {
@@ -62,6 +64,7 @@ impl Recorder {
             lost: 0,
             duplicated: 0,
             foreign: 0,
+            last_us: 0,
         }
     }
 
@@ -79,6 +82,7 @@ impl Recorder {
         self.lost += stamp.seq - *last - 1;
         *last = stamp.seq;
         self.delivered += 1;
+        self.last_us = self.last_us.max(now_us);
         let latency = now_us.saturating_sub(stamp.scheduled_us).clamp(1, MAX_LATENCY_US);
         let _ = self.latency.record(latency);
     }
@@ -89,6 +93,7 @@ impl Recorder {
         self.lost += other.lost;
         self.duplicated += other.duplicated;
         self.foreign += other.foreign;
+        self.last_us = self.last_us.max(other.last_us);
     }
 }
 
@@ -130,5 +135,6 @@ mod tests {
         b.record(&mut s, stamp(0, 2), 3_000);
         a.merge(&b);
         assert_eq!((a.delivered, a.lost, a.latency.len()), (2, 1, 2));
+        assert_eq!(a.last_us, 3_000);
     }
 }

@@ -23,6 +23,8 @@ fn plan(layout: Layout, connections: usize) -> Plan {
         payload: 64,
         duration: Duration::from_secs(1),
         hostile: 0,
+        burst: None,
+        publishers: 1,
     }
 }
 
@@ -115,6 +117,30 @@ async fn switchboard_turns_streamed_by_an_operator() {
     let server = harness::switchboard().await;
     let target = Target::Switchboard(server.target.clone());
     check(target, plan(Layout::Turns { channels: 4 }, 20), Via::Operator).await;
+    server.stop().await;
+}
+
+/// Bursts from several publishers: everything is due at once, each channel
+/// from one publisher, and the throughput is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_from_several_publishers_against_both_targets() {
+    let server = harness::switchboard().await;
+    let nats = harness::nats_server();
+    let burst = Plan {
+        burst: Some(600),
+        publishers: 3,
+        rate: f64::INFINITY,
+        ..plan(Layout::Fanout { channels: 3 }, 30)
+    };
+    for (target, via) in [
+        (Target::Switchboard(server.target.clone()), Via::Ws),
+        (Target::Nats(nats.target.clone()), Via::Nats),
+    ] {
+        let result = check(target, burst.clone(), via).await;
+        assert_eq!(result.expected, 600 * 10);
+        assert!(result.delivered_per_s > 0.0);
+        assert_eq!(result.rate, 0.0, "a burst is recorded as unpaced");
+    }
     server.stop().await;
 }
 

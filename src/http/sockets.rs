@@ -72,12 +72,12 @@ where
         let Some((stream, initial)) = take_socket(on_upgrade).await else {
             return;
         };
-        let sink = Arc::new(Socket::new(
+        let sink = Socket::new(
             stream,
             app.services.limits.outbound_queue_bytes,
             app.ws.heartbeat,
             side == Side::Operator,
-        ));
+        );
         let Some(handler) = open(Arc::clone(&app), Arc::clone(&sink)).await else {
             return;
         };

@@ -86,6 +86,12 @@ impl FrameReader {
         (!clean).then_some(self.completed)
     }
 
+    /// Whether bytes past the last event returned are waiting: more frames
+    /// of the same read are coming.
+    pub fn has_more(&self) -> bool {
+        self.start < self.buf.len()
+    }
+
     fn pending(&self) -> &[u8] {
         &self.buf[self.start..]
     }

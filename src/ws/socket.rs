@@ -1,18 +1,21 @@
 //! [`Socket`]: one client or operator WebSocket, the only owner of its
 //! stream. A frame offered while nothing is queued is written straight to
-//! the socket from the publisher's task (`try_write`, no task wake-up); what
-//! the kernel does not take at once is queued, in order, and written by the
-//! connection's own task with vectored writes of the shared frames (no
-//! copy). The queue is bounded in bytes: passing the bound closes the
-//! connection as a slow consumer. A close frame is only ever written on a
-//! frame boundary: a frame already partly written is finished first.
+//! the socket from the publisher's task (`try_write`, no task wake-up),
+//! unless that task is in the middle of a batch of publishes
+//! ([`switchboard_actors::batch`]): then it is queued and the socket is
+//! flushed once when the batch ends. What the kernel does not take at once
+//! is queued, in order, and written by the connection's own task. Queued
+//! frames go out in vectored writes of the shared frames (no copy). The
+//! queue is bounded in bytes: passing the bound closes the connection as a
+//! slow consumer. A close frame is only ever written on a frame boundary: a
+//! frame already partly written is finished first.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ use futures_util::task::AtomicWaker;
 use metrics::histogram;
 use parking_lot::Mutex;
 use switchboard_actors::backplane::BoxFuture;
+use switchboard_actors::batch::{self, Deferred};
 use switchboard_actors::clock::{self, Instant};
 use switchboard_actors::sink::{QUEUE_SLOT_BYTES, charge};
 use switchboard_actors::{CloseReason, Refused, Sink, telemetry};
@@ -33,8 +37,9 @@ use super::reader::FrameReader;
 
 /// Bytes read from the socket per `read` call, at most.
 const READ_CHUNK: usize = 16 * 1024;
-/// Frames handed to one vectored write, at most.
-const MAX_SLICES: usize = 64;
+/// Frames handed to one vectored write, at most: a batch of small frames
+/// (one read of a publisher's socket holds about a hundred) in one call.
+const MAX_SLICES: usize = 256;
 /// How long a closing connection may take to write what it owes, send its
 /// close frame and hear the peer's.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(2);
@@ -71,6 +76,8 @@ pub enum Flush {
 
 pub struct Socket {
     stream: TcpStream,
+    /// This socket, for the batch that deferred a frame to it.
+    me: Weak<Socket>,
     out: Mutex<Out>,
     /// The connection's task, woken when frames were queued or a close was asked for.
     waker: AtomicWaker,
@@ -132,9 +139,10 @@ impl Out {
 impl Socket {
     /// A socket whose queue holds up to `capacity` bytes; `keep_unsent` for
     /// operator sockets, whose session takes back what they never wrote.
-    pub fn new(stream: TcpStream, capacity: usize, heartbeat: Heartbeat, keep_unsent: bool) -> Self {
-        Self {
+    pub fn new(stream: TcpStream, capacity: usize, heartbeat: Heartbeat, keep_unsent: bool) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             stream,
+            me: me.clone(),
             out: Mutex::new(Out {
                 queue: VecDeque::new(),
                 written: 0,
@@ -147,7 +155,7 @@ impl Socket {
             capacity,
             keep_unsent,
             liveness: Liveness::new(heartbeat),
-        }
+        })
     }
 
     fn signal(&self) {
@@ -268,7 +276,9 @@ impl Socket {
         let mut fut = std::pin::pin!(fut);
         poll_fn(|cx| {
             loop {
-                if let Poll::Ready(output) = fut.as_mut().poll(cx) {
+                // Each poll is one batch: what the handler publishes while
+                // it defers goes out in one write per subscriber.
+                if let Poll::Ready(output) = batch::scope(|| fut.as_mut().poll(cx)) {
                     return Poll::Ready(output);
                 }
                 self.waker.register(cx.waker());
@@ -359,6 +369,16 @@ impl Sink for Socket {
             return Err(Refused::Closed);
         }
         if out.queue.is_empty() {
+            if batch::deferring()
+                && let Some(me) = self.me.upgrade()
+            {
+                // Written with the rest of the batch, when it ends.
+                out.queued = charge(frame);
+                out.queue.push_back(wire.clone());
+                drop(out);
+                batch::touch(me);
+                return Ok(());
+            }
             match self.stream.try_write(wire) {
                 Ok(n) if n == wire.len() => return Ok(()),
                 Ok(n) => out.written = n,
@@ -459,6 +479,16 @@ impl Sink for Socket {
             out.written = 0;
         }
         unsent.into_iter().map(PreparedFrame::from_wire).collect()
+    }
+}
+
+impl Deferred for Socket {
+    fn flush_deferred(&self) {
+        // What the kernel did not take is the connection's task's to write
+        // once the socket is writable again.
+        if self.flush() == Flush::Blocked {
+            self.signal();
+        }
     }
 }
 

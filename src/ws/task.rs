@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
-use switchboard_actors::{CloseReason, FrameHandler, Sink};
+use switchboard_actors::{CloseReason, FrameHandler, Sink, batch};
 use switchboard_proto::PreparedFrame;
 use switchboard_proto::ws::{self, OpCode};
 
@@ -100,7 +100,13 @@ async fn handle_events<H: FrameHandler>(
     loop {
         match reader.next_event() {
             Ok(None) => return true,
-            Ok(Some(Event::Text(payload))) => conn.on_text(&payload).await,
+            Ok(Some(Event::Text(payload))) => {
+                if reader.has_more() {
+                    // Not the last frame of this read: coalesce what it publishes.
+                    batch::defer();
+                }
+                conn.on_text(&payload).await
+            }
             Ok(Some(Event::Binary)) => conn.on_binary(),
             Ok(Some(Event::Oversized(len))) => conn.on_oversized(len, settings.max_frame_bytes),
             Ok(Some(Event::Ping(payload))) => {

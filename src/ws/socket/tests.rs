@@ -25,7 +25,7 @@ async fn pair(capacity: usize, keep_unsent: bool) -> (Arc<Socket>, TcpStream) {
         .set_send_buffer_size(4096)
         .unwrap();
     (
-        Arc::new(Socket::new(stream, capacity, HEARTBEAT, keep_unsent)),
+        Socket::new(stream, capacity, HEARTBEAT, keep_unsent),
         peer.unwrap(),
     )
 }
@@ -202,4 +202,60 @@ async fn an_operator_socket_whose_peer_vanished_hands_back_every_frame_whole() {
     );
     assert!(unsent.iter().all(|f| f.len() == text(0, 10_000).len()));
     assert_eq!(socket.queued(), 0);
+}
+
+#[tokio::test]
+async fn a_deferring_batch_queues_frames_and_writes_them_once_when_it_ends() {
+    let (socket, mut peer) = pair(1 << 20, false).await;
+    let batch = || {
+        switchboard_actors::batch::scope(|| {
+            socket.offer(&text(0, 100)).unwrap();
+            assert_eq!(socket.queued(), 0, "before the batch defers, written at once");
+            switchboard_actors::batch::defer();
+            for n in 1..=10 {
+                socket.offer(&text(n, 100)).unwrap();
+            }
+            socket.queued()
+        })
+    };
+    assert_eq!(batch(), 10 * charge(&text(0, 100)), "deferred, not written");
+    assert_eq!(socket.queued(), 0, "written when the batch ended");
+    let mut buf = vec![0; 11 * 102];
+    tokio::time::timeout(Duration::from_secs(10), peer.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        frames(&buf).iter().map(|(_, p)| p[0]).collect::<Vec<_>>(),
+        (0..=10).collect::<Vec<_>>(),
+        "in order"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_the_kernel_cannot_take_is_left_to_the_connections_task() {
+    let (socket, mut peer) = pair(1 << 20, false).await;
+    switchboard_actors::batch::scope(|| {
+        switchboard_actors::batch::defer();
+        for n in 0..100 {
+            socket.offer(&text(n, 10_000)).unwrap();
+        }
+    });
+    assert!(
+        socket.queued() > 0,
+        "a 4 KiB send buffer takes far less than 1 MB"
+    );
+    let signaled = std::future::poll_fn(|cx| std::task::Poll::Ready(socket.poll_signal(cx))).await;
+    assert!(signaled, "the connection's task was told to write the rest");
+    let reader = tokio::spawn(async move { read_all(&mut peer).await });
+    while socket.flush() == Flush::Blocked {
+        socket.stream.writable().await.unwrap();
+    }
+    socket.close(CloseReason::Normal);
+    socket.finish(CloseReason::Normal).await;
+    let got = frames(&reader.await.unwrap());
+    assert_eq!(
+        got[..got.len() - 1].iter().map(|(_, p)| p[0]).collect::<Vec<_>>(),
+        (0..100).collect::<Vec<_>>()
+    );
 }
