@@ -76,7 +76,8 @@ api_key=$(sed -n 's/^API key for org demo (shown once, stored hashed): //p' "$wo
 start_switchboard() {
   local port
   port=$(free_port)
-  RUST_LOG=warn taskset -c 0 "$bin/switchboard" serve --config "$work/sb.toml" \
+  rm -rf "$work/data"
+  RUST_LOG=warn taskset -c 0 "$bin/switchboard" serve --config "$work/sb.toml" --data-dir "$work/data" \
     --listen "127.0.0.1:$port" --publish-rate 0 --max-connections 200000 >/dev/null 2>"$work/sb.log" &
   server_pid=$!
   wait_http "127.0.0.1:$port"

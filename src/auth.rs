@@ -29,6 +29,9 @@ pub struct ClientClaims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// The token's id, for revoking one token before it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
     /// Channel patterns the client may subscribe to.
     #[serde(default)]
     pub subscribe: Vec<ChannelPattern>,
@@ -56,6 +59,8 @@ pub struct Verified {
     pub org: std::sync::Arc<OrgRecord>,
     /// Unix seconds when the credential expires.
     pub expires_at: u64,
+    /// A single-use ticket's id: the connect consumes it.
+    pub single_use: Option<String>,
 }
 
 pub fn now_secs() -> u64 {
@@ -103,6 +108,9 @@ pub fn verify_client_token(dir: &dyn OrgDirectory, token: &str) -> Result<Verifi
             return Err(refuse("org claim changed"));
         }
         let subject = Subject::new(&c.sub).map_err(|_| refuse("bad sub"))?;
+        if org.revoked.refuses(c.jti.as_deref(), &c.sub, c.iat) {
+            return Err(refuse("token revoked"));
+        }
         return Ok(Verified {
             identity: Identity {
                 org: org_id,
@@ -112,9 +120,12 @@ pub fn verify_client_token(dir: &dyn OrgDirectory, token: &str) -> Result<Verifi
                     publish: c.publish,
                     send: c.send,
                 },
+                publish_rate: org.limits.publish_rate,
+                credential: c.jti.map(Into::into),
             },
             org,
             expires_at: c.exp,
+            single_use: None,
         });
     }
     Err(refuse("no key verified the token"))
@@ -228,6 +239,7 @@ mod tests {
             org: org.into(),
             exp,
             iat: None,
+            jti: None,
             subscribe: vec![ChannelPattern::new("chat.>").unwrap()],
             publish: vec![],
             send: vec![],

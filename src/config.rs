@@ -14,6 +14,7 @@ use switchboard_actors::memory::{
 use switchboard_actors::{HistoryLimits, Limits};
 
 use crate::directory::{OrgConfig, StaticOrgs};
+use crate::registry::MasterSource;
 
 /// Loopback by default: a laptop broker should not be reachable from the
 /// network until someone says so (`--listen 0.0.0.0:8080` in a container).
@@ -34,6 +35,8 @@ pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Long enough for in-flight requests and close handshakes; short of
 /// Kubernetes' default 30 s termination grace period.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Beside the working directory, where a laptop user looks first.
+pub const DEFAULT_DATA_DIR: &str = "switchboard-data";
 
 /// The environment variables `serve` reads (each also a flag).
 pub mod env {
@@ -52,6 +55,11 @@ pub mod env {
     pub const HISTORY_AGE_SECS: &str = "SWITCHBOARD_HISTORY_AGE_SECS";
     pub const SHUTDOWN_GRACE_SECS: &str = "SWITCHBOARD_SHUTDOWN_GRACE_SECS";
     pub const DRAIN_DELAY_SECS: &str = "SWITCHBOARD_DRAIN_DELAY_SECS";
+    pub const DATA_DIR: &str = "SWITCHBOARD_DATA_DIR";
+    pub const MASTER_KEY_FILE: &str = "SWITCHBOARD_MASTER_KEY_FILE";
+    /// The master key itself (base64url); never a flag, so it stays out of `ps`.
+    pub const MASTER_KEY: &str = "SWITCHBOARD_MASTER_KEY";
+    pub const ADMIN_TOKEN: &str = "SWITCHBOARD_ADMIN_TOKEN";
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -71,6 +79,10 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// For the admin API (org management).
     pub admin_token: Option<String>,
+    /// Where the registry (orgs, users, keys) lives.
+    pub data_dir: Option<PathBuf>,
+    /// The master key file (default: `master.key` in the data directory).
+    pub master_key_file: Option<PathBuf>,
     #[serde(default)]
     pub limits: FileLimits,
     #[serde(default)]
@@ -176,6 +188,15 @@ pub struct Overrides {
     pub shutdown_grace_secs: Option<u64>,
     #[arg(long, env = env::DRAIN_DELAY_SECS)]
     pub drain_delay_secs: Option<u64>,
+    /// Directory of the registry (orgs, users, API keys; default ./switchboard-data)
+    #[arg(long, env = env::DATA_DIR)]
+    pub data_dir: Option<PathBuf>,
+    /// The key secrets are sealed with at rest (default: master.key in the data directory)
+    #[arg(long, env = env::MASTER_KEY_FILE)]
+    pub master_key_file: Option<PathBuf>,
+    /// Token of the admin API (org management)
+    #[arg(long, env = env::ADMIN_TOKEN, hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// The settings a server runs with, validated.
@@ -193,7 +214,10 @@ pub struct Settings {
     pub history: HistoryLimits,
     pub shutdown_grace: Duration,
     pub drain_delay: Duration,
-    pub orgs: StaticOrgs,
+    /// Orgs the config file declares (checked), imported into the registry at start.
+    pub orgs: Vec<OrgConfig>,
+    pub data_dir: PathBuf,
+    pub master_key: MasterSource,
 }
 
 /// Every problem found in a configuration.
@@ -323,17 +347,30 @@ impl Settings {
             errors.push("limits.frame_timeout_secs must be at least 1".into());
         }
         errors.extend(limits.problems(max_frame_bytes));
-        let orgs = StaticOrgs::from_config(&file.orgs).unwrap_or_else(|mut e| {
+        if let Err(mut e) = StaticOrgs::from_config(&file.orgs) {
             errors.append(&mut e);
-            StaticOrgs::default()
-        });
+        }
+        let data_dir = over
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let master_key = match std::env::var(env::MASTER_KEY) {
+            Ok(text) if !text.is_empty() => MasterSource::Text(text),
+            _ => MasterSource::File(
+                over.master_key_file
+                    .clone()
+                    .or(file.master_key_file)
+                    .unwrap_or_else(|| data_dir.join(crate::registry::MASTER_KEY_FILE)),
+            ),
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         Ok(Settings {
             listen,
             log_format: over.log_format.or(file.log_format).unwrap_or_default(),
-            admin_token: file.admin_token,
+            admin_token: over.admin_token.clone().or(file.admin_token),
             max_connections,
             max_frame_bytes,
             ping_interval,
@@ -351,7 +388,9 @@ impl Settings {
                 file.shutdown.drain_delay_secs,
                 Duration::ZERO,
             ),
-            orgs,
+            orgs: file.orgs,
+            data_dir,
+            master_key,
         })
     }
 }

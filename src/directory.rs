@@ -1,7 +1,7 @@
 //! Where orgs and their credentials come from. [`OrgDirectory`] is the seam:
-//! today [`StaticOrgs`] reads them from the config file; a dynamic registry
-//! (admin API, embedded store, JetStream KV in cluster mode) implements the
-//! same lookup.
+//! the server uses the durable [`crate::registry::Registry`] (which imports
+//! the config file's orgs); [`StaticOrgs`] holds parsed orgs for tests and
+//! fuzzing. Both hand out the same [`OrgRecord`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,8 +14,10 @@ use switchboard_actors::RollupRule;
 use switchboard_actors::limits::MAX_ROLLUP;
 use switchboard_proto::{ChannelPattern, OrgId};
 
+use crate::registry::model::{RevocationDoc, Revoke};
+
 /// An org as the config file describes it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrgConfig {
     pub id: String,
@@ -114,13 +116,64 @@ pub struct ApiKey {
     pub scopes: Vec<Scope>,
 }
 
+/// A key the org's tickets are signed with (see [`crate::tickets`]).
+pub struct TicketKeyEntry {
+    pub id: String,
+    pub key: crate::tickets::TicketKey,
+    /// Verifies tickets minted before a rotation; signs no new one.
+    pub retired: bool,
+}
+
 /// An org ready for request handling: keys parsed once.
 pub struct OrgRecord {
     pub id: OrgId,
+    pub name: String,
     pub allowed_origins: Vec<String>,
     pub jwt_keys: Vec<VerifyKey>,
     pub api_keys: Vec<ApiKey>,
     pub rollup: Arc<[RollupRule]>,
+    /// Oldest first; the newest unretired one signs.
+    pub ticket_keys: Vec<TicketKeyEntry>,
+    pub limits: crate::registry::model::OrgLimits,
+    pub revoked: Revocations,
+}
+
+/// Credentials of the org refused before they expire.
+#[derive(Default, Debug)]
+pub struct Revocations {
+    /// Ids of tokens and tickets.
+    ids: HashMap<(Revoke, String), u64>,
+    /// Subjects, with when they were revoked.
+    subjects: HashMap<String, u64>,
+}
+
+impl Revocations {
+    pub fn add(&mut self, doc: &RevocationDoc) {
+        match doc.what {
+            Revoke::Sub => {
+                self.subjects.insert(doc.id.clone(), doc.at);
+            }
+            what => {
+                self.ids.insert((what, doc.id.clone()), doc.at);
+            }
+        }
+    }
+
+    /// Whether a credential with this id (a JWT's `jti` or a ticket's id),
+    /// for `sub`, issued at `iat`, is refused. A revoked subject refuses
+    /// what was issued up to the revocation (everything without an `iat`).
+    pub fn refuses(&self, id: Option<&str>, sub: &str, iat: Option<u64>) -> bool {
+        let by_id = id.is_some_and(|id| {
+            [Revoke::Jti, Revoke::Ticket]
+                .iter()
+                .any(|w| self.ids.contains_key(&(*w, id.to_owned())))
+        });
+        let by_sub = self
+            .subjects
+            .get(sub)
+            .is_some_and(|at| iat.is_none_or(|iat| iat <= *at));
+        by_id || by_sub
+    }
 }
 
 impl OrgRecord {
@@ -214,7 +267,11 @@ impl OrgRecord {
             return Err(errors);
         }
         Ok(OrgRecord {
+            name: id.to_string(),
             id,
+            ticket_keys: Vec::new(),
+            limits: Default::default(),
+            revoked: Revocations::default(),
             allowed_origins: c.allowed_origins.clone(),
             jwt_keys,
             api_keys,
@@ -247,6 +304,13 @@ pub struct StaticOrgs {
 }
 
 impl StaticOrgs {
+    /// Orgs already parsed (tests and fuzzing build them by hand).
+    pub fn from_records(records: Vec<OrgRecord>) -> StaticOrgs {
+        StaticOrgs {
+            orgs: records.into_iter().map(|r| (r.id.clone(), Arc::new(r))).collect(),
+        }
+    }
+
     pub fn from_config(orgs: &[OrgConfig]) -> Result<StaticOrgs, Vec<String>> {
         let mut errors = Vec::new();
         let mut map = HashMap::new();

@@ -5,6 +5,7 @@
 //! - [`config`]: settings with reasoned defaults; file, env and flags merged.
 //! - [`directory`]: orgs and their credentials (the `OrgDirectory` seam).
 //! - [`auth`]: client JWTs, API keys, bearer tokens; [`tickets`]: short-lived WS tickets.
+//! - [`registry`]: orgs, users, API keys, ticket keys, audit log; durable, secrets sealed.
 //! - [`server`]: accept loop, HTTP/1.1 serving, ordered shutdown.
 //! - [`http`]: the routes and the JSON error mapping.
 //! - [`ws`]: client WebSockets on the raw socket (handshake, reader, sink, task).
@@ -21,6 +22,7 @@ pub mod directory;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod http;
+pub mod registry;
 pub mod server;
 pub mod telemetry;
 pub mod tickets;

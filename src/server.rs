@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::http::{App, router};
-use crate::tickets::TicketKey;
+use crate::registry::Registry;
 use crate::ws::WsSettings;
 
 /// A client has this long to send its request headers (slowloris guard).
@@ -53,11 +53,17 @@ impl Server {
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let hub = Arc::new(Hub::new());
         let memory = Arc::new(InProcess::new(Arc::clone(&hub), settings.history));
+        let registry = Registry::open_dir(&settings.data_dir, &settings.master_key).await?;
+        registry
+            .import(&settings.orgs)
+            .await
+            .context("cannot import the config file's orgs into the registry")?;
         let tree = Tree::start(hub, memory.clone(), memory, settings.limits.clone()).await?;
         let app = Arc::new(App {
             services: Arc::clone(tree.services()),
-            directory: Arc::new(settings.orgs.clone()),
-            tickets: TicketKey::random()?,
+            directory: registry.clone(),
+            registry,
+            admin_token: settings.admin_token.clone(),
             ws: WsSettings {
                 max_frame_bytes: settings.max_frame_bytes,
                 heartbeat: Heartbeat {
@@ -70,6 +76,7 @@ impl Server {
             prometheus: crate::telemetry::prometheus(),
             ready: AtomicBool::new(false),
             sockets: Arc::new(AtomicUsize::new(0)),
+            org_conns: Arc::default(),
             tasks: TaskTracker::new(),
         });
         Ok(Server {
@@ -97,6 +104,8 @@ impl Server {
         let channels = Arc::clone(&self.app.services.channels);
         let upkeep_cancel = cancel.clone();
         let prometheus = self.app.prometheus.clone();
+        // Registry changes (this pod's or, in cluster mode, another's) reach the live view.
+        http.spawn(Arc::clone(&self.app.registry).follow(cancel.clone()));
         http.spawn(async move {
             let mut maintain = tokio::time::interval(MAINTAIN_INTERVAL);
             let mut upkeep = tokio::time::interval(METRICS_UPKEEP_INTERVAL);

@@ -244,6 +244,7 @@ async fn client_frames_reach_the_role_holder_and_only_in_its_org() {
         org: "acme".into(),
         exp: switchboard::auth::now_secs() + 60,
         iat: None,
+        jti: None,
         subscribe: vec![],
         publish: vec![],
         send: vec![switchboard_proto::TargetPattern::parse("role:other").unwrap()],

@@ -198,3 +198,116 @@ async fn sigterm_drains_closes_sockets_with_1001_and_exits_0() {
     let status = wait_exit(&mut server.child);
     assert_eq!(status.code(), Some(0));
 }
+
+/// The registry is durable: what the admin API made before a kill -9 is
+/// there after a restart, and no secret it handed out reached the logs.
+#[tokio::test]
+async fn the_registry_survives_kill_9_and_keeps_secrets_out_of_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(run(dir.path(), &["init"]).status.success());
+    let config = std::fs::read_to_string(dir.path().join("switchboard.toml")).unwrap();
+    let admin = config
+        .lines()
+        .find_map(|l| l.strip_prefix("admin_token = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let mut server = serve(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let url = |server: &common::process::Serve, path: &str| format!("http://{}{path}", server.addr);
+    let org: serde_json::Value = http
+        .post(url(&server, "/v1/orgs"))
+        .bearer_auth(&admin)
+        .json(&json!({"id": "initech"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user: serde_json::Value = http
+        .post(url(&server, "/v1/orgs/initech/users"))
+        .bearer_auth(&admin)
+        .json(&json!({"username": "ann", "role": "owner"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key: serde_json::Value = http
+        .post(url(&server, "/v1/orgs/initech/keys"))
+        .bearer_auth(user["token"].as_str().unwrap())
+        .json(&json!({"scopes": ["publish"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // A refused attempt with a real secret in the wrong place must not echo it either.
+    let _ = http
+        .get(url(&server, "/v1/orgs/initech/users"))
+        .bearer_auth(format!("{}x", key["key"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    server.child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    server.child.wait().unwrap();
+    let secrets = [
+        admin.as_str(),
+        org["hs256_secret"].as_str().unwrap(),
+        user["initial_password"].as_str().unwrap(),
+        user["token"].as_str().unwrap(),
+        key["key"].as_str().unwrap(),
+    ];
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(!log.is_empty());
+    for secret in secrets {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+    let stored = std::fs::read(dir.path().join("switchboard-data/registry.redb")).unwrap();
+    for secret in &secrets[1..] {
+        let needle = secret.as_bytes();
+        assert!(
+            !stored.windows(needle.len()).any(|w| w == needle),
+            "a secret is stored in plain text"
+        );
+    }
+
+    let server = serve(dir.path(), &[]);
+    let published = http
+        .post(url(&server, "/v1/orgs/initech/channels/room/publish"))
+        .bearer_auth(key["key"].as_str().unwrap())
+        .json(&json!({"data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 200, "the key made before the kill works");
+    let again: serde_json::Value = http
+        .post(url(&server, "/v1/orgs/initech/users"))
+        .bearer_auth(&admin)
+        .json(&json!({"username": "ann"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["user_id"], user["user_id"]);
+    assert_eq!(again["created"], json!(false));
+    // The admin CLI sees it too.
+    let out = run(
+        dir.path(),
+        &[
+            "org",
+            "list",
+            "--server",
+            &url(&server, ""),
+            "--admin-token",
+            &admin,
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("initech"));
+}

@@ -142,17 +142,22 @@ async fn bad_tickets_are_refused_before_the_upgrade() {
         ("a JWT as a ticket", token("acme", "u", &[">"], &[]), 401),
         (
             "another org's claims under this tag",
-            format!("{}.{}.{}.{}", acme[0], foreign[1], acme[2], acme[3]),
+            format!(
+                "{}.{}.{}.{}.{}.{}",
+                acme[0], acme[1], acme[2], foreign[3], acme[4], acme[5]
+            ),
             401,
         ),
         (
             "a later expiry",
             format!(
-                "{}.{}.{}.{}",
+                "{}.{}.{}.{}.{}.{}",
                 acme[0],
                 acme[1],
-                acme[2].parse::<u64>().unwrap() + 3600,
-                acme[3]
+                acme[2],
+                acme[3],
+                acme[4].parse::<u64>().unwrap() + 3600,
+                acme[5]
             ),
             401,
         ),
@@ -165,7 +170,7 @@ async fn bad_tickets_are_refused_before_the_upgrade() {
             "{what}"
         );
     }
-    // A ticket of a server that restarted (another key) is refused too.
+    // A ticket of another deployment (its own registry, other ticket keys) is refused too.
     let other = TestServer::start().await;
     assert_eq!(
         refused_status(upgrade_request(&ticket_url(&other, &ticket), &[])).await,
@@ -200,7 +205,7 @@ async fn an_expired_ticket_is_refused_but_its_socket_lives_on() {
     .await;
     let close = bounded.closed().await.expect("a close frame");
     assert_eq!(u16::from(close.code), 4001);
-    let expires_at: u64 = ticket.split('.').nth(2).unwrap().parse().unwrap();
+    let expires_at: u64 = ticket.split('.').nth(4).unwrap().parse().unwrap();
     assert!(
         switchboard::auth::now_secs() >= expires_at,
         "the ticket has expired"

@@ -33,6 +33,11 @@ pub struct Identity {
     pub org: OrgId,
     pub subject: Subject,
     pub grants: Grants,
+    /// The org's own publish rate per connection, if it set one.
+    pub publish_rate: Option<u32>,
+    /// The id of the credential it connected with (a JWT's `jti`, a
+    /// ticket's id), so revoking that credential closes the connection.
+    pub credential: Option<Arc<str>>,
 }
 
 /// The part of a connection its supervisor needs, to close it and to
@@ -45,6 +50,8 @@ pub struct ConnShared {
     /// a `Vec` costs far less per idle connection than a hash set.
     subscriptions: Mutex<Vec<ChannelName>>,
     channels: Arc<Channels>,
+    subject: Subject,
+    credential: Option<Arc<str>>,
 }
 
 impl ConnShared {
@@ -74,6 +81,14 @@ impl Supervised for ConnShared {
 
     fn sink(&self) -> &Arc<dyn Sink> {
         &self.sink
+    }
+
+    fn org(&self) -> Option<&OrgId> {
+        Some(self.org.org())
+    }
+
+    fn principal(&self) -> Option<(&Subject, Option<&str>)> {
+        Some((&self.subject, self.credential.as_deref()))
     }
 
     /// Releases every subscription and the hold on the org.
@@ -110,7 +125,10 @@ impl Connection {
     ) -> Self {
         let limits = &services.limits;
         Self {
-            publishes: rate_limiter(limits.publish_rate, limits.publish_burst),
+            publishes: rate_limiter(
+                identity.publish_rate.unwrap_or(limits.publish_rate),
+                limits.publish_burst,
+            ),
             subscribes: rate_limiter(limits.subscribe_rate, limits.subscribe_burst),
             refusals: rate_limiter(REFUSAL_RATE, REFUSAL_BURST),
             pause: Cell::new(None),
@@ -121,6 +139,8 @@ impl Connection {
                 org,
                 subscriptions: Mutex::new(Vec::new()),
                 channels: Arc::clone(&services.channels),
+                subject: identity.subject.clone(),
+                credential: identity.credential.clone(),
             }),
             subject: identity.subject,
             grants: identity.grants,

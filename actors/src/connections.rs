@@ -19,7 +19,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use switchboard_proto::ConnId;
 use tokio_util::task::TaskTracker;
 
-use crate::link::Supervised;
+use crate::link::{Match, Supervised};
 use crate::sink::CloseReason;
 use crate::telemetry;
 
@@ -33,6 +33,8 @@ pub enum ConnectionsMsg {
     Exited(ConnId, bool),
     /// Closes every connection; replies with the tracker to await their end.
     CloseAll(CloseReason, RpcReplyPort<TaskTracker>),
+    /// Closes the client connections that match.
+    CloseMatching(Match, CloseReason),
     Count(RpcReplyPort<usize>),
     Heartbeat,
 }
@@ -95,6 +97,11 @@ impl Actor for Connections {
                 }
                 state.tracker.close();
                 let _ = reply.send(state.tracker.clone());
+            }
+            ConnectionsMsg::CloseMatching(which, reason) => {
+                for shared in state.live.values().filter(|s| which.matches(s.as_ref())) {
+                    shared.sink().close(reason);
+                }
             }
             ConnectionsMsg::Count(reply) => {
                 let _ = reply.send(state.live.len());

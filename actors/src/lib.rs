@@ -53,7 +53,7 @@ pub use channels::Channels;
 pub use connection::{Connection, Identity};
 pub use hub::{ChannelKey, Hub};
 pub use limits::Limits;
-pub use link::{FrameHandler, Supervised};
+pub use link::{FrameHandler, Match, Supervised};
 pub use memory::{HistoryLimits, InProcess};
 pub use operator::OperatorLink;
 pub use org::{MintError, OrgError};

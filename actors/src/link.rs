@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use switchboard_proto::{ConnId, ErrorCode, PreparedFrame, RequestId, ServerFrame};
+use switchboard_proto::{ConnId, ErrorCode, OrgId, PreparedFrame, RequestId, ServerFrame, Subject};
 
 use crate::backplane::BoxFuture;
 use crate::sink::Sink;
@@ -64,4 +64,41 @@ pub trait Supervised: Send + Sync + 'static {
     fn sink(&self) -> &Arc<dyn Sink>;
     /// Releases what the socket held; runs once, when its task has ended.
     fn release(&self);
+    /// The org a client connection belongs to (operator sockets end with their session).
+    fn org(&self) -> Option<&OrgId> {
+        None
+    }
+
+    /// A client connection's subject and credential id.
+    fn principal(&self) -> Option<(&Subject, Option<&str>)> {
+        None
+    }
+}
+
+/// Which client connections to close: those of `org`, narrowed to a
+/// subject and/or a credential id when given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Match {
+    pub org: OrgId,
+    pub subject: Option<Subject>,
+    pub credential: Option<String>,
+}
+
+impl Match {
+    pub fn org(org: OrgId) -> Self {
+        Match {
+            org,
+            subject: None,
+            credential: None,
+        }
+    }
+
+    pub fn matches(&self, conn: &dyn Supervised) -> bool {
+        let Some((subject, credential)) = conn.principal() else {
+            return false;
+        };
+        conn.org() == Some(&self.org)
+            && self.subject.as_ref().is_none_or(|s| s == subject)
+            && self.credential.as_deref().is_none_or(|c| credential == Some(c))
+    }
 }

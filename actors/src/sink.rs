@@ -57,6 +57,8 @@ pub enum CloseReason {
     InvalidData,
     /// The token the connection was opened with has expired.
     TokenExpired,
+    /// The org was deleted, or the connection's credential revoked.
+    Revoked,
     /// The peer vanished (reset, broken pipe): no close frame can be sent.
     PeerGone,
 }
@@ -72,6 +74,7 @@ impl CloseReason {
             CloseReason::IdleTimeout | CloseReason::FrameTimeout => close::POLICY_VIOLATION,
             CloseReason::InvalidData => close::INVALID_DATA,
             CloseReason::TokenExpired => close::UNAUTHORIZED,
+            CloseReason::Revoked => close::FORBIDDEN,
             CloseReason::Replaced => close::REPLACED,
             CloseReason::SessionEnded => close::SESSION_ENDED,
             CloseReason::PeerGone => close::ABNORMAL,
@@ -91,6 +94,7 @@ impl CloseReason {
             CloseReason::FrameTimeout => "frame not completed in time",
             CloseReason::InvalidData => "invalid UTF-8",
             CloseReason::TokenExpired => "token expired; reconnect with a fresh one and resume",
+            CloseReason::Revoked => "org deleted or credentials revoked",
             CloseReason::PeerGone => "",
         }
     }
@@ -109,6 +113,7 @@ impl CloseReason {
             CloseReason::FrameTimeout => "frame_timeout",
             CloseReason::InvalidData => "invalid_data",
             CloseReason::TokenExpired => "token_expired",
+            CloseReason::Revoked => "revoked",
             CloseReason::PeerGone => "peer_gone",
         }
     }

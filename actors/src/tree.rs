@@ -22,7 +22,7 @@ use crate::connection::{Connection, Identity};
 use crate::connections::{Connections, ConnectionsMsg, supervised};
 use crate::hub::Hub;
 use crate::limits::Limits;
-use crate::link::FrameHandler;
+use crate::link::{FrameHandler, Match};
 use crate::org::{OrgError, OrgHandle};
 use crate::orgs::{Orgs, OrgsArgs, OrgsMsg};
 use crate::session::SessionLimits;
@@ -92,6 +92,23 @@ impl Services {
         }
         self.tracker
             .spawn(supervised(shared, task(handler), self.connections.clone()));
+    }
+
+    /// Closes every client connection of `org` with `reason` and ends its
+    /// operator sessions (their sockets close with 4010): the org is gone.
+    pub async fn close_org(&self, org: &OrgId, reason: CloseReason) {
+        self.close_matching(Match::org(org.clone()), reason);
+        for session in self.sessions.of_org(org).await {
+            self.sessions.end(&session.sid).await;
+        }
+    }
+
+    /// Closes the client connections `which` names (a revoked credential's).
+    pub fn close_matching(&self, which: Match, reason: CloseReason) {
+        // The supervisor outlives the services except at shutdown.
+        let _ = self
+            .connections
+            .cast(ConnectionsMsg::CloseMatching(which, reason));
     }
 
     /// A fresh id for a socket on this pod.

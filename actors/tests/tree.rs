@@ -96,6 +96,8 @@ impl Client {
                 publish: vec![ChannelPattern::new(">").unwrap()],
                 send: vec![switchboard_proto::TargetPattern::Any],
             },
+            publish_rate: None,
+            credential: None,
         };
         let conn = services.open(identity, sink.clone()).await.unwrap();
         let (inbound, mut rx) = mpsc::channel::<String>(1);

@@ -74,6 +74,7 @@ impl Switchboard {
             org: self.org.clone(),
             exp: now_secs() + 24 * 3600,
             iat: None,
+            jti: None,
             subscribe: all.clone(),
             publish: if publish { all } else { vec![] },
             send: vec![],

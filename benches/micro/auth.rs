@@ -6,7 +6,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use switchboard::auth::{
     ClientClaims, new_api_key, now_secs, sign_hs256, verify_api_key, verify_client_token,
 };
-use switchboard::directory::{ApiKeyConfig, JwtKeyConfig, OrgConfig, Scope, StaticOrgs};
+use switchboard::directory::{
+    ApiKeyConfig, JwtKeyConfig, OrgConfig, OrgRecord, Scope, StaticOrgs, TicketKeyEntry,
+};
 use switchboard::tickets::{TicketClaims, TicketKey};
 use switchboard_proto::{ChannelPattern, Grants, OrgId, Subject};
 
@@ -15,7 +17,7 @@ const SECRET: &str = "bench-secret-0123456789-0123456789";
 fn verify(c: &mut Criterion) {
     let org = OrgId::new("bench").expect("valid");
     let key = new_api_key(&org, "k").expect("OS RNG");
-    let dir = StaticOrgs::from_config(&[OrgConfig {
+    let mut record = OrgRecord::from_config(&OrgConfig {
         rollup: vec![],
         id: "bench".into(),
         allowed_origins: vec![],
@@ -38,13 +40,21 @@ fn verify(c: &mut Criterion) {
             sha256: key.sha256_hex.clone(),
             scopes: Scope::all(),
         }],
-    }])
+    })
     .expect("valid config");
+    let tickets = TicketKey::random().expect("OS RNG");
+    record.ticket_keys.push(TicketKeyEntry {
+        id: "t1".into(),
+        key: tickets.clone(),
+        retired: false,
+    });
+    let dir = StaticOrgs::from_records(vec![record]);
     let claims = ClientClaims {
         sub: "user-42".into(),
         org: "bench".into(),
         exp: now_secs() + 3600,
         iat: None,
+        jti: None,
         subscribe: vec![ChannelPattern::new("chat.>").expect("valid")],
         publish: vec![ChannelPattern::new("chat.42").expect("valid")],
         send: vec![],
@@ -69,9 +79,9 @@ fn verify(c: &mut Criterion) {
         include_bytes!("../../tests/keys/ed25519-private.pem"),
         false,
     );
-    let tickets = TicketKey::random().expect("OS RNG");
     let ticket = tickets
         .mint(
+            "t1",
             &TicketClaims {
                 org: org.clone(),
                 sub: Subject::new("user-42").expect("valid"),
@@ -80,6 +90,9 @@ fn verify(c: &mut Criterion) {
                     publish: claims.publish.clone(),
                     send: vec![],
                 },
+                id: "ticket-1".into(),
+                iat: now_secs(),
+                once: false,
             },
             now_secs() + 3600,
         )
@@ -96,7 +109,7 @@ fn verify(c: &mut Criterion) {
         b.iter(|| verify_client_token(&dir, std::hint::black_box(&eddsa)).is_ok())
     });
     g.bench_function("ticket", |b| {
-        b.iter(|| tickets.verify(&dir, std::hint::black_box(&ticket)).is_ok())
+        b.iter(|| switchboard::tickets::verify(&dir, std::hint::black_box(&ticket)).is_ok())
     });
     g.bench_function("api_key", |b| {
         b.iter(|| {

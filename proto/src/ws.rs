@@ -67,6 +67,9 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The connection's credentials expired or were revoked.
     pub const UNAUTHORIZED: u16 = 4001;
+    /// The org (or the credential) was deleted: reconnecting with the same
+    /// credentials cannot succeed.
+    pub const FORBIDDEN: u16 = 4003;
     /// Another socket attached to the same operator session.
     pub const REPLACED: u16 = 4009;
     /// The operator session was deleted or expired.

@@ -11,7 +11,7 @@ use axum::response::Response;
 use switchboard_actors::{CloseReason, Sink};
 use switchboard_proto::ErrorCode;
 
-use super::sockets::{Side, switch};
+use super::sockets::{Side, switch, take_org_place};
 use super::{ApiError, App};
 use crate::auth::{LEEWAY_SECS, verify_client_token};
 use crate::ws::handshake::{Credential, check_upgrade, credential};
@@ -21,13 +21,31 @@ pub async fn upgrade(State(app): State<Arc<App>>, req: Request<Body>) -> Result<
     // A JWT bounds the connection's life; a ticket only its start (it is
     // minted for seconds, to open one connection).
     let (verified, close_at) = match credential(&req)? {
-        Credential::Ticket(ticket) => (app.tickets.verify(app.directory.as_ref(), &ticket)?, None),
+        Credential::Ticket(ticket) => (crate::tickets::verify(app.directory.as_ref(), &ticket)?, None),
         Credential::Token(token) => {
             let verified = verify_client_token(app.directory.as_ref(), &token)?;
             let close_at = verified.expires_at.saturating_add(LEEWAY_SECS);
             (verified, Some(close_at))
         }
     };
+    if let Some(id) = &verified.single_use {
+        // The first connect with a single-use ticket marks it used, on every pod.
+        let used = crate::registry::model::key::used_ticket(&verified.identity.org, id);
+        let expiry = bytes::Bytes::from(verified.expires_at.to_string());
+        match app.registry.store().create(&used, expiry).await {
+            Ok(_) => {}
+            Err(crate::registry::store::StoreError::Exists) => {
+                return Err(crate::auth::refuse("single-use ticket used again").into());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a single-use ticket");
+                return Err(ApiError::of(
+                    ErrorCode::Unavailable,
+                    "the registry is unavailable; retry",
+                ));
+            }
+        }
+    }
     let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if !verified.org.origin_allowed(origin) {
         return Err(ApiError::of(
@@ -36,17 +54,25 @@ pub async fn upgrade(State(app): State<Arc<App>>, req: Request<Body>) -> Result<
         ));
     }
     let identity = verified.identity;
-    switch(&app, req, &key, Side::Client, move |app, sink| async move {
-        if let Some(at) = close_at {
-            sink.expire_at(at);
-        }
-        match app.services.open(identity, sink.clone()).await {
-            Ok(conn) => Some(conn),
-            Err(e) => {
-                tracing::warn!(error = %e, "connection refused after upgrade");
-                sink.abort(CloseReason::GoingAway);
-                None
+    let org_place = take_org_place(&app, &identity.org, &identity.subject, &verified.org.limits)?;
+    switch(
+        &app,
+        req,
+        &key,
+        Side::Client,
+        Some(org_place),
+        move |app, sink| async move {
+            if let Some(at) = close_at {
+                sink.expire_at(at);
             }
-        }
-    })
+            match app.services.open(identity, sink.clone()).await {
+                Ok(conn) => Some(conn),
+                Err(e) => {
+                    tracing::warn!(error = %e, "connection refused after upgrade");
+                    sink.abort(CloseReason::GoingAway);
+                    None
+                }
+            }
+        },
+    )
 }

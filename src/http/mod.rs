@@ -2,6 +2,7 @@
 //! everywhere (`{"error":{"code","message"}}`), one mapping from error to
 //! status.
 
+mod admin;
 mod channels;
 mod client_ws;
 mod operators;
@@ -16,7 +17,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
@@ -26,15 +27,18 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::AuthError;
 use crate::directory::OrgDirectory;
-use crate::tickets::TicketKey;
+use crate::registry::Registry;
 use crate::ws::WsSettings;
 
 /// Everything a request handler may need, built once at start-up.
 pub struct App {
     pub services: Arc<Services>,
+    /// Orgs for the connect and request paths: the registry's live view.
     pub directory: Arc<dyn OrgDirectory>,
-    /// Signs and checks WebSocket tickets.
-    pub tickets: TicketKey,
+    /// Orgs, users, keys and the audit log, durable.
+    pub registry: Arc<Registry>,
+    /// The token of the admin API (org management); none: only org keys and users.
+    pub admin_token: Option<String>,
     pub ws: WsSettings,
     pub max_connections: usize,
     pub prometheus: PrometheusHandle,
@@ -42,6 +46,8 @@ pub struct App {
     pub ready: AtomicBool,
     /// Client sockets open now (upgrades included), for `max_connections`.
     pub sockets: Arc<AtomicUsize>,
+    /// Client sockets open now per org and subject, for the orgs' limits.
+    pub org_conns: Arc<sockets::OrgConns>,
     /// Tasks that take over upgraded sockets.
     pub tasks: TaskTracker,
 }
@@ -61,6 +67,27 @@ pub fn router(app: Arc<App>) -> Router {
             get(operators::get).delete(operators::delete),
         )
         .route("/v1/operators/{sid}/ws", get(operators::connect))
+        .route("/v1/orgs", post(admin::create_org).get(admin::list_orgs))
+        .route("/v1/orgs/{org}", get(admin::get_org).delete(admin::delete_org))
+        .route("/v1/orgs/{org}/ticket-keys", post(admin::rotate_ticket_key))
+        .route(
+            "/v1/orgs/{org}/users",
+            post(admin::create_user).get(admin::list_users),
+        )
+        .route(
+            "/v1/orgs/{org}/users/{user}",
+            get(admin::get_user).delete(admin::delete_user),
+        )
+        .route(
+            "/v1/orgs/{org}/keys",
+            post(admin::create_key).get(admin::list_keys),
+        )
+        .route("/v1/orgs/{org}/keys/{id}", delete(admin::revoke_key))
+        .route("/v1/orgs/{org}/audit", get(admin::audit))
+        .route(
+            "/v1/orgs/{org}/revocations",
+            post(admin::revoke).get(admin::revocations),
+        )
         .route("/v1/orgs/{org}/tickets", post(tickets::mint))
         .route(
             "/v1/orgs/{org}/channels/{channel}/publish",

@@ -57,6 +57,14 @@ pub async fn mint(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -
             format!("at most {MAX_ROLES} roles per session"),
         ));
     }
+    if let Some(max) = org.limits.max_operator_sessions
+        && app.services.sessions.of_org(&org.id).await.len() >= max as usize
+    {
+        return Err(ApiError::of(
+            ErrorCode::LimitExceeded,
+            format!("this org holds at most {max} operator sessions"),
+        ));
+    }
     let sid = Sid::new(&format!("op-{}", uuid::Uuid::new_v4()))
         .map_err(|e| ApiError::of(ErrorCode::InternalError, e.to_string()))?;
     let token =
@@ -156,11 +164,18 @@ pub async fn connect(
 ) -> Result<Response, ApiError> {
     let sid = authorize(&app, &sid, req.headers())?;
     let key = check_upgrade(&req)?;
-    switch(&app, req, &key, Side::Operator, move |app, sink| async move {
-        let link = app.services.sessions.attach(&sid, sink.clone()).await;
-        if link.is_none() {
-            sink.abort(CloseReason::SessionEnded);
-        }
-        link
-    })
+    switch(
+        &app,
+        req,
+        &key,
+        Side::Operator,
+        None,
+        move |app, sink| async move {
+            let link = app.services.sessions.attach(&sid, sink.clone()).await;
+            if link.is_none() {
+                sink.abort(CloseReason::SessionEnded);
+            }
+            link
+        },
+    )
 }

@@ -32,6 +32,9 @@ struct TicketBody {
     #[serde(default)]
     send: Vec<TargetPattern>,
     ttl_s: Option<u64>,
+    /// Good for one connection only.
+    #[serde(default)]
+    single_use: bool,
 }
 
 pub async fn mint(
@@ -41,14 +44,17 @@ pub async fn mint(
     body: Body,
 ) -> Result<Response, ApiError> {
     let org = OrgId::new(&org).map_err(|e| ApiError::of(ErrorCode::ValidationError, e.to_string()))?;
-    verify_api_key(
+    let record = verify_api_key(
         app.directory.as_ref(),
         bearer(&headers),
         Some(&org),
         Scope::Tickets,
     )?;
     let bytes = read_body(body, MAX_BODY_BYTES).await?;
-    let body: TicketBody = parse_json(&bytes, r#"{"sub", "subscribe"?, "publish"?, "send"?, "ttl_s"?}"#)?;
+    let body: TicketBody = parse_json(
+        &bytes,
+        r#"{"sub", "subscribe"?, "publish"?, "send"?, "ttl_s"?, "single_use"?}"#,
+    )?;
     let ttl = body.ttl_s.unwrap_or(DEFAULT_TTL_SECS);
     if !TTL_SECS.contains(&ttl) {
         return Err(ApiError::of(
@@ -69,14 +75,17 @@ pub async fn mint(
             publish: body.publish,
             send: body.send,
         },
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        iat: now_secs(),
+        once: body.single_use,
     };
-    let ticket = app.tickets.mint(&claims, expires_at).map_err(|e| {
+    let ticket = crate::tickets::mint(&record, &claims, expires_at).map_err(|e| {
         tracing::error!(error = %e, "ticket mint failed");
         ApiError::of(ErrorCode::InternalError, "the ticket could not be made")
     })?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"ticket": ticket, "expires_at": expires_at})),
+        Json(json!({"ticket": ticket, "id": claims.id, "expires_at": expires_at})),
     )
         .into_response())
 }

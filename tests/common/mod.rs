@@ -26,6 +26,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
 pub const ORGS: [&str; 2] = ["acme", "globex"];
+/// The test servers' admin token.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 pub fn secret(org: &str) -> String {
     format!("{org}-secret-0123456789-0123456789-abcdef")
@@ -34,6 +36,8 @@ pub fn secret(org: &str) -> String {
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The registry's data directory (kept for restarts, gone with the test).
+    pub data: std::sync::Arc<tempfile::TempDir>,
     pub app: std::sync::Arc<switchboard::http::App>,
     /// API key (all scopes) per org, in `ORGS` order.
     pub api_keys: Vec<String>,
@@ -67,6 +71,7 @@ pub fn test_config(edit: impl FnOnce(&mut FileConfig)) -> (FileConfig, Vec<Strin
         .collect();
     let mut file = FileConfig {
         listen: Some("127.0.0.1:0".into()),
+        admin_token: Some(ADMIN_TOKEN.into()),
         orgs,
         ..FileConfig::default()
     };
@@ -80,7 +85,17 @@ impl TestServer {
     }
 
     pub async fn start_with(edit: impl FnOnce(&mut FileConfig)) -> TestServer {
-        let (file, api_keys) = test_config(edit);
+        let data = std::sync::Arc::new(tempfile::tempdir().expect("a temp dir"));
+        Self::start_in(data, edit).await
+    }
+
+    /// A server whose registry lives in `data` (a restart passes the same one).
+    pub async fn start_in(
+        data: std::sync::Arc<tempfile::TempDir>,
+        edit: impl FnOnce(&mut FileConfig),
+    ) -> TestServer {
+        let (mut file, api_keys) = test_config(edit);
+        file.data_dir.get_or_insert_with(|| data.path().to_path_buf());
         let settings = Settings::resolve(file, &Overrides::default()).expect("valid test config");
         let server = Server::bind(settings).await.expect("server binds");
         let addr = server.local_addr();
@@ -91,6 +106,7 @@ impl TestServer {
         }));
         TestServer {
             addr,
+            data,
             app,
             api_keys,
             stop: Some(stop),
@@ -175,6 +191,7 @@ pub fn token_signed(
         org: org.into(),
         exp,
         iat: None,
+        jti: None,
         subscribe: patterns(subscribe),
         publish: patterns(publish),
         send: vec![switchboard_proto::TargetPattern::Any],

@@ -20,6 +20,8 @@ pub struct Serve {
     pub addr: String,
     /// Everything it printed to stderr before it was listening.
     pub banner: Vec<String>,
+    /// Everything it printed to stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Serve {
@@ -40,9 +42,12 @@ pub fn serve(dir: &Path, args: &[&str]) -> Serve {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let all = log.clone();
     std::thread::spawn(move || {
         let mut banner = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            all.lock().unwrap().push(line.clone());
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                 && v["fields"]["message"] == "switchboard listening"
             {
@@ -56,7 +61,12 @@ pub fn serve(dir: &Path, args: &[&str]) -> Serve {
         }
     });
     let (addr, banner) = rx.recv_timeout(PATIENCE).expect("the server starts listening");
-    Serve { child, addr, banner }
+    Serve {
+        child,
+        addr,
+        banner,
+        log,
+    }
 }
 
 pub fn sigterm(child: &Child) {

@@ -18,6 +18,8 @@ pub const SECRET: &str = "load-test-secret-0123456789-0123456789";
 
 pub struct RunningSwitchboard {
     pub target: Switchboard,
+    /// The registry's data directory, gone with the server.
+    _data: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -42,8 +44,10 @@ pub async fn switchboard() -> RunningSwitchboard {
         }],
         ..FileConfig::default()
     };
+    let data = tempfile::tempdir().unwrap();
     let over = Overrides {
         publish_rate: Some(0),
+        data_dir: Some(data.path().to_path_buf()),
         ..Overrides::default()
     };
     let server = Server::bind(Settings::resolve(file, &over).unwrap())
@@ -61,6 +65,7 @@ pub async fn switchboard() -> RunningSwitchboard {
             secret: SECRET.into(),
             api_key: key.plaintext,
         },
+        _data: data,
         stop: Some(stop),
         task: Some(task),
     }

@@ -1,4 +1,7 @@
-//! The `switchboard` command: `serve`, `init` and `token`.
+//! The `switchboard` command: `serve`, `init` and `token`; `org`, `user`
+//! and `key` talk to a running server's admin API ([`admin`]).
+
+mod admin;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -61,12 +64,24 @@ pub enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Manage orgs on a running server (admin token)
+    #[command(subcommand)]
+    Org(admin::OrgCommand),
+    /// Manage an org's users on a running server
+    #[command(subcommand)]
+    User(admin::UserCommand),
+    /// Manage an org's API keys on a running server
+    #[command(subcommand)]
+    Key(admin::KeyCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(over) => serve(over).await,
         Command::Init { path, org, force } => init(&path, &org, force),
+        Command::Org(c) => admin::org(c).await,
+        Command::User(c) => admin::user(c).await,
+        Command::Key(c) => admin::key(c).await,
         Command::Token {
             config,
             org,
@@ -100,17 +115,18 @@ async fn serve(over: Overrides) -> anyhow::Result<()> {
         }
     };
     let demo = match demo {
-        Some(api_key) => Some((
-            token_for(&file, "demo", "demo-user", TokenGrants::ALL, DEMO_TOKEN_TTL_SECS)?,
+        Some(api_key) => Some(Demo {
+            token: token_for(&file, "demo", "demo-user", TokenGrants::ALL, DEMO_TOKEN_TTL_SECS)?,
             api_key,
-        )),
+            admin_token: file.admin_token.clone().unwrap_or_default(),
+        }),
         None => None,
     };
     let settings = Settings::resolve(file, &over)?;
     crate::telemetry::init_tracing(settings.log_format);
     let server = Server::bind(settings).await?;
-    if let Some((token, api_key)) = demo {
-        print_demo_banner(server.local_addr(), &token, &api_key)?;
+    if let Some(demo) = demo {
+        print_demo_banner(server.local_addr(), &demo)?;
     }
     server.run(shutdown_signal()).await
 }
@@ -141,7 +157,19 @@ fn demo_config(org: &str) -> anyhow::Result<(FileConfig, String)> {
     Ok((file, key.plaintext))
 }
 
-fn print_demo_banner(addr: std::net::SocketAddr, token: &str, api_key: &str) -> anyhow::Result<()> {
+/// What the no-config quick start prints: its credentials are made afresh each start.
+struct Demo {
+    token: String,
+    api_key: String,
+    admin_token: String,
+}
+
+fn print_demo_banner(addr: std::net::SocketAddr, demo: &Demo) -> anyhow::Result<()> {
+    let Demo {
+        token,
+        api_key,
+        admin_token,
+    } = demo;
     let mut err = std::io::stderr().lock();
     writeln!(
         err,
@@ -149,7 +177,8 @@ fn print_demo_banner(addr: std::net::SocketAddr, token: &str, api_key: &str) -> 
          \n  client token (24 h, every channel):\n    {token}\n\
          \n  connect:   websocat 'ws://{addr}/v1/ws?token={token}'\n\
          \n  then send: {{\"type\":\"subscribe\",\"id\":1,\"channel\":\"chat.1\"}}\n\
-         \n  publish:   curl -H 'Authorization: Bearer {api_key}' -d '{{\"data\":{{\"text\":\"hi\"}}}}' \\\n               http://{addr}/v1/orgs/demo/channels/chat.1/publish\n"
+         \n  publish:   curl -H 'Authorization: Bearer {api_key}' -d '{{\"data\":{{\"text\":\"hi\"}}}}' \\\n               http://{addr}/v1/orgs/demo/channels/chat.1/publish\n\
+         \n  admin:     SWITCHBOARD_ADMIN_TOKEN={admin_token} switchboard org list\n"
     )?;
     Ok(())
 }
@@ -175,7 +204,7 @@ fn init(path: &Path, org: &str, force: bool) -> anyhow::Result<()> {
 /// beside it and renamed over it, so an existing file ends up 0600 too, and
 /// a symbolic link at `path` is refused rather than written through.
 #[cfg(unix)]
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     if path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
         bail!(
@@ -202,7 +231,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -258,6 +287,7 @@ pub fn token_for(
         org: org.into(),
         exp: now + ttl,
         iat: Some(now),
+        jti: None,
         subscribe: patterns(grants.subscribe)?,
         publish: patterns(grants.publish)?,
         send: if grants.send.is_empty() {

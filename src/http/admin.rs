@@ -1,0 +1,471 @@
+//! The admin API: orgs (admin token), and inside an org its users, API keys,
+//! ticket keys and audit log (admin token, an org key with the `admin`
+//! scope, or an org user's token: owners and admins write, members read).
+//! Secrets are in the response that made them and nowhere else.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use switchboard_actors::CloseReason;
+use switchboard_proto::{ErrorCode, OrgId};
+
+use super::{ApiError, App, parse_json, read_body};
+use crate::auth::{AuthError, bearer, verify_api_key};
+use crate::directory::{JwtKeyConfig, Scope};
+use crate::registry::admin::{AdminError, NewOrg, NewUser};
+use crate::registry::model::{OrgDoc, OrgLimits, Role, StoredJwtKey};
+
+/// Admin bodies are small: names, origins, a few PEM keys.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::Exists(what) => ApiError::of(ErrorCode::Conflict, format!("{what} already exists")),
+            AdminError::NotFound(what) => ApiError::of(ErrorCode::NotFound, format!("{what} not found")),
+            AdminError::Invalid(why) => ApiError::of(ErrorCode::ValidationError, why),
+            AdminError::Registry(e) => {
+                tracing::error!(error = %e, "registry operation failed");
+                ApiError::of(ErrorCode::Unavailable, "the registry is unavailable; retry")
+            }
+        }
+    }
+}
+
+/// Who an admin request comes from, as the audit log names them.
+enum Actor {
+    Admin,
+    Key(String),
+    User(String),
+}
+
+impl Actor {
+    fn name(&self) -> String {
+        match self {
+            Actor::Admin => "admin".into(),
+            Actor::Key(id) => format!("key:{id}"),
+            Actor::User(name) => format!("user:{name}"),
+        }
+    }
+}
+
+fn is_admin(app: &App, presented: Option<&str>) -> bool {
+    match (&app.admin_token, presented) {
+        (Some(token), Some(p)) => bool::from(token.as_bytes().ct_eq(p.as_bytes())),
+        _ => false,
+    }
+}
+
+/// The server's admin token, and nothing else.
+fn admin_only(app: &App, headers: &HeaderMap) -> Result<Actor, ApiError> {
+    match bearer(headers) {
+        None => Err(AuthError::Missing.into()),
+        Some(p) if is_admin(app, Some(p)) => Ok(Actor::Admin),
+        Some(_) => Err(AuthError::Invalid.into()),
+    }
+}
+
+fn org_id(org: &str) -> Result<OrgId, ApiError> {
+    OrgId::new(org).map_err(|e| ApiError::of(ErrorCode::ValidationError, e.to_string()))
+}
+
+/// Who may act on `org`: the admin token, an org key with the admin scope,
+/// or an org user (`write` needs an owner or admin). Another org's key or
+/// user token is refused like a wrong one (401).
+async fn org_actor(app: &App, headers: &HeaderMap, org: &OrgId, write: bool) -> Result<Actor, ApiError> {
+    let presented = bearer(headers)
+        .filter(|p| !p.is_empty())
+        .ok_or(AuthError::Missing)?;
+    if is_admin(app, Some(presented)) {
+        if app.registry.org_doc(org).await?.is_none() {
+            return Err(ApiError::of(ErrorCode::NotFound, format!("org {org} not found")));
+        }
+        return Ok(Actor::Admin);
+    }
+    if presented.starts_with("sbu.") {
+        let user = app
+            .registry
+            .verify_user_token(org, presented)
+            .await?
+            .ok_or(AuthError::Invalid)?;
+        if write && !user.role.manages() {
+            return Err(ApiError::of(
+                ErrorCode::Forbidden,
+                "members may read; owners and admins manage users and keys",
+            ));
+        }
+        return Ok(Actor::User(user.username));
+    }
+    verify_api_key(app.directory.as_ref(), Some(presented), Some(org), Scope::Admin)?;
+    let key_id = presented.split('.').nth(2).unwrap_or_default().to_owned();
+    Ok(Actor::Key(key_id))
+}
+
+fn org_view(doc: &OrgDoc) -> serde_json::Value {
+    let jwt_keys: Vec<_> = doc
+        .jwt_keys
+        .iter()
+        .map(|k| match k {
+            StoredJwtKey::HS256 { kid, .. } => json!({"alg": "HS256", "kid": kid}),
+            StoredJwtKey::RS256 { kid, .. } => json!({"alg": "RS256", "kid": kid}),
+            StoredJwtKey::EdDSA { kid, .. } => json!({"alg": "EdDSA", "kid": kid}),
+        })
+        .collect();
+    let ticket_keys: Vec<_> = doc
+        .ticket_keys
+        .iter()
+        .map(|k| json!({"id": k.id, "created_at": k.created_at, "retired": k.retired}))
+        .collect();
+    json!({
+        "id": doc.id,
+        "name": doc.name,
+        "created_at": doc.created_at,
+        "allowed_origins": doc.allowed_origins,
+        "jwt_keys": jwt_keys,
+        "ticket_keys": ticket_keys,
+        "limits": doc.limits,
+        "from_config": doc.from_config,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateOrg {
+    id: String,
+    name: Option<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    /// RS256 / EdDSA public keys (PEM) beside the generated HS256 secret.
+    #[serde(default)]
+    public_keys: Vec<JwtKeyConfig>,
+    #[serde(default)]
+    limits: OrgLimits,
+}
+
+pub async fn create_org(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let actor = admin_only(&app, &headers)?;
+    let bytes = read_body(body, MAX_BODY_BYTES).await?;
+    let body: CreateOrg = parse_json(
+        &bytes,
+        r#"{"id", "name"?, "allowed_origins"?, "public_keys"?, "limits"?}"#,
+    )?;
+    let id = org_id(&body.id)?;
+    let created = app
+        .registry
+        .create_org(
+            NewOrg {
+                id,
+                name: body.name,
+                allowed_origins: body.allowed_origins,
+                public_keys: body.public_keys,
+                limits: body.limits,
+            },
+            &actor.name(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(created))).into_response())
+}
+
+pub async fn list_orgs(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin_only(&app, &headers)?;
+    let orgs: Vec<_> = app
+        .registry
+        .org_docs()
+        .await?
+        .iter()
+        .map(|d| json!({"id": d.id, "name": d.name, "created_at": d.created_at}))
+        .collect();
+    Ok(Json(json!({ "orgs": orgs })).into_response())
+}
+
+pub async fn get_org(
+    State(app): State<Arc<App>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let org = org_id(&org)?;
+    org_actor(&app, &headers, &org, false).await?;
+    let doc = app
+        .registry
+        .org_doc(&org)
+        .await?
+        .ok_or_else(|| ApiError::of(ErrorCode::NotFound, format!("org {org} not found")))?;
+    Ok(Json(org_view(&doc)).into_response())
+}
+
+/// Deletes the org: its clients are disconnected (4003) and its operator
+/// sessions ended at once, its registry data removed.
+pub async fn delete_org(
+    State(app): State<Arc<App>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    admin_only(&app, &headers)?;
+    let org = org_id(&org)?;
+    app.registry.delete_org(&org).await?;
+    app.services.close_org(&org, CloseReason::Revoked).await;
+    tracing::info!(org = %org, "org deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn rotate_ticket_key(
+    State(app): State<Arc<App>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let org = org_id(&org)?;
+    let actor = org_actor(&app, &headers, &org, true).await?;
+    let id = app.registry.rotate_ticket_key(&org, &actor.name()).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUser {
+    username: String,
+    display_name: Option<String>,
+    email: Option<String>,
+    #[serde(default)]
+    role: Role,
+}
+
+pub async fn create_user(
+    State(app): State<Arc<App>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let org = org_id(&org)?;
+    let actor = org_actor(&app, &headers, &org, true).await?;
+    let bytes = read_body(body, MAX_BODY_BYTES).await?;
+    let body: CreateUser = parse_json(&bytes, r#"{"username", "display_name"?, "email"?, "role"?}"#)?;
+    let made = app
+        .registry
+        .create_user(
+            &org,
+            NewUser {
+                username: body.username,
+                display_name: body.display_name,
+                email: body.email,
+                role: body.role,
+            },
+            &actor.name(),
+        )
+        .await?;
+    let mut view = json!(made.user);
+    Ok(match made.secrets {
+        Some((password, token)) => {
+            view["initial_password"] = json!(password);
+            view["token"] = json!(token);
+            view["token_set"] = json!(true);
+            view["created"] = json!(true);
+            (StatusCode::CREATED, Json(view)).into_response()
+        }
+        None => {
+            view["created"] = json!(false);
+            (StatusCode::OK, Json(view)).into_response()
+        }
+    })
+}
+
+#[derive(Deserialize)]
+pub struct Page {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list_users(
+    State(app): State<Arc<App>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let org = org_id(&org)?;
+    org_actor(&app, &headers, &org, false).await?;
+    let Query(page) = page.map_err(|e| ApiError::of(ErrorCode::ValidationError, e.body_text()))?;
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let users = app.registry.users(&org, page.after.as_deref(), limit).await?;
+    let next = (users.len() == limit)
+        .then(|| users.last().map(|u| u.username.clone()))
+        .flatten();
+    Ok(Json(json!({"users": users, "next": next})).into_response())
+}
+
+pub async fn get_user(
+    State(app): State<Arc<App>>,
+    Path((org, user)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let org = org_id(&org)?;
+    org_actor(&app, &headers, &org, false).await?;
+    let user = app
+        .registry
+        .user(&org, &user)
+        .await?
+        .ok_or_else(|| ApiError::of(ErrorCode::NotFound, format!("user {user} not found")))?;
+    Ok(Json(json!(crate::registry::admin::UserView::from(&user))).into_response())
+}
+
+pub async fn delete_user(
+    State(app): State<Arc<App>>,
+    Path((org, user)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let org = org_id(&org)?;
+    let actor = org_actor(&app, &headers, &org, true).await?;
+    app.registry.delete_user(&org, &user, &actor.name()).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: Option<String>,
+    /// Default: every scope but `admin`.
+    scopes: Option<Vec<Scope>>,
+}
+
+pub async fn create_key(
+    State(app): State<Arc<App>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let org = org_id(&org)?;
+    let actor = org_actor(&app, &headers, &org, true).await?;
+    let bytes = read_body(body, MAX_BODY_BYTES).await?;
+    let body: CreateKey = if bytes.is_empty() {
+        CreateKey {
+            name: None,
+            scopes: None,
+        }
+    } else {
+        parse_json(
+            &bytes,
+            r#"{"name"?, "scopes"?: ["publish" | "history" | "tickets" | "operators" | "admin"]}"#,
+        )?
+    };
+    let scopes = body.scopes.unwrap_or_else(Scope::unprivileged);
+    let (view, key) = app
+        .registry
+        .create_key(&org, body.name, scopes, &actor.name())
+        .await?;
+    let mut out = json!(view);
+    out["key"] = json!(key);
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+pub async fn list_keys(
+    State(app): State<Arc<App>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let org = org_id(&org)?;
+    org_actor(&app, &headers, &org, false).await?;
+    Ok(Json(json!({"keys": app.registry.keys(&org).await?})).into_response())
+}
+
+pub async fn revoke_key(
+    State(app): State<Arc<App>>,
+    Path((org, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let org = org_id(&org)?;
+    let actor = org_actor(&app, &headers, &org, true).await?;
+    app.registry.revoke_key(&org, &id, &actor.name()).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn audit(
+    State(app): State<Arc<App>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let org = org_id(&org)?;
+    org_actor(&app, &headers, &org, false).await?;
+    Ok(Json(json!({"entries": app.registry.audit_log(&org).await?})).into_response())
+}
+
+/// Revoked credentials matter until they expire; a day covers the tokens
+/// and tickets a backend usually hands out.
+const DEFAULT_REVOCATION_SECS: u64 = 24 * 3600;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    jti: Option<String>,
+    sub: Option<String>,
+    ticket: Option<String>,
+    /// Unix seconds until which it is refused (default: a day from now).
+    until: Option<u64>,
+}
+
+/// Revokes a client JWT (by `jti`), every credential of a subject issued
+/// so far, or a ticket (by id); live connections that used it close (4003).
+pub async fn revoke(
+    State(app): State<Arc<App>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use crate::registry::model::Revoke;
+    use switchboard_actors::Match;
+    let org = org_id(&org)?;
+    let actor = org_actor(&app, &headers, &org, true).await?;
+    let bytes = read_body(body, MAX_BODY_BYTES).await?;
+    let shape = r#"{"jti" | "sub" | "ticket": "<id>", "until"?: <unix secs>}"#;
+    let body: RevokeBody = parse_json(&bytes, shape)?;
+    let (what, id) = match (body.jti, body.sub, body.ticket) {
+        (Some(id), None, None) => (Revoke::Jti, id),
+        (None, Some(id), None) => (Revoke::Sub, id),
+        (None, None, Some(id)) => (Revoke::Ticket, id),
+        _ => {
+            return Err(ApiError::of(
+                ErrorCode::ValidationError,
+                format!("body must be {shape}, with exactly one of jti, sub, ticket"),
+            ));
+        }
+    };
+    let until = body
+        .until
+        .unwrap_or_else(|| crate::auth::now_secs() + DEFAULT_REVOCATION_SECS);
+    let doc = app.registry.revoke(&org, what, &id, until, &actor.name()).await?;
+    let which = match what {
+        Revoke::Sub => Match {
+            subject: switchboard_proto::Subject::new(&id).ok(),
+            ..Match::org(org.clone())
+        },
+        Revoke::Jti | Revoke::Ticket => Match {
+            credential: Some(id),
+            ..Match::org(org.clone())
+        },
+    };
+    // A subject that cannot name a connection closes none (not all of the org).
+    if what != Revoke::Sub || which.subject.is_some() {
+        app.services.close_matching(which, CloseReason::Revoked);
+    }
+    Ok((StatusCode::CREATED, Json(json!(doc))).into_response())
+}
+
+pub async fn revocations(
+    State(app): State<Arc<App>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let org = org_id(&org)?;
+    org_actor(&app, &headers, &org, false).await?;
+    Ok(Json(json!({"revocations": app.registry.revocations(&org).await?})).into_response())
+}
