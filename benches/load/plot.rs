@@ -180,21 +180,7 @@ fn plot_against<'a>(
 mod tests {
     use super::*;
 
-    fn run(scenario: &str, target: &str, rate: f64, cpu: f64, p99_us: u64) -> RunResult {
-        RunResult {
-            scenario: scenario.into(),
-            target: target.into(),
-            connections: 1000,
-            rate,
-            cpu_s_per_1m: Some(cpu),
-            latency_us: Some(Latency {
-                p99: p99_us,
-                cdf: vec![(0.5, 100), (0.99, p99_us), (1.0, p99_us)],
-                ..Latency::default()
-            }),
-            ..RunResult::default()
-        }
-    }
+    use crate::report::sample_run as run;
 
     #[test]
     fn plots_render() {

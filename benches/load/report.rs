@@ -310,23 +310,30 @@ pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<RunResult>> {
         .collect()
 }
 
+/// A made-up fan-out run, for tests of the report and the plots.
+#[cfg(test)]
+pub(crate) fn sample_run(scenario: &str, target: &str, rate: f64, cpu: f64, p99_us: u64) -> RunResult {
+    RunResult {
+        scenario: scenario.into(),
+        target: target.into(),
+        connections: 1000,
+        rate,
+        cpu_s_per_1m: Some(cpu),
+        latency_us: Some(Latency {
+            p99: p99_us,
+            cdf: vec![(0.5, 100), (0.99, p99_us), (1.0, p99_us)],
+            ..Latency::default()
+        }),
+        ..RunResult::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn run(target: &str, cpu: f64, p99_us: u64) -> RunResult {
-        RunResult {
-            scenario: "fanout-1k".into(),
-            target: target.into(),
-            connections: 1000,
-            cpu_s_per_1m: Some(cpu),
-            latency_us: Some(Latency {
-                p99: p99_us,
-                cdf: vec![(0.5, 100), (0.99, p99_us), (1.0, p99_us)],
-                ..Latency::default()
-            }),
-            ..RunResult::default()
-        }
+        sample_run("fanout-1k", target, 100.0, cpu, p99_us)
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! scope, or an org user's token: owners and admins write, members read).
 //! Secrets are in the response that made them and nowhere else.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -110,6 +112,31 @@ async fn org_actor(app: &App, headers: &HeaderMap, org: &OrgId, write: bool) -> 
     Ok(Actor::Key(key_id))
 }
 
+/// An admin request on the org its path names: the org and who asks.
+/// `WRITE`: owners and admins only, for a user.
+pub struct OnOrg<const WRITE: bool> {
+    org: OrgId,
+    actor: Actor,
+}
+
+impl<const WRITE: bool> FromRequestParts<Arc<App>> for OnOrg<WRITE> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, app)
+            .await
+            .map_err(|e| ApiError::of(ErrorCode::ValidationError, e.body_text()))?;
+        let org = org_id(params.get("org").map_or("", String::as_str))?;
+        let actor = org_actor(app, &parts.headers, &org, WRITE).await?;
+        Ok(OnOrg { org, actor })
+    }
+}
+
+/// A request that reads the org (members may).
+type Reads = OnOrg<false>;
+/// A request that changes the org (owners and admins may).
+type Writes = OnOrg<true>;
+
 fn org_view(doc: &OrgDoc) -> serde_json::Value {
     let jwt_keys: Vec<_> = doc
         .jwt_keys
@@ -191,13 +218,7 @@ pub async fn list_orgs(State(app): State<Arc<App>>, headers: HeaderMap) -> Resul
     Ok(Json(json!({ "orgs": orgs })).into_response())
 }
 
-pub async fn get_org(
-    State(app): State<Arc<App>>,
-    Path(org): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let org = org_id(&org)?;
-    org_actor(&app, &headers, &org, false).await?;
+pub async fn get_org(State(app): State<Arc<App>>, OnOrg { org, .. }: Reads) -> Result<Response, ApiError> {
     let doc = app
         .registry
         .org_doc(&org)
@@ -223,11 +244,8 @@ pub async fn delete_org(
 
 pub async fn rotate_ticket_key(
     State(app): State<Arc<App>>,
-    Path(org): Path<String>,
-    headers: HeaderMap,
+    OnOrg { org, actor }: Writes,
 ) -> Result<Response, ApiError> {
-    let org = org_id(&org)?;
-    let actor = org_actor(&app, &headers, &org, true).await?;
     let id = app.registry.rotate_ticket_key(&org, &actor.name()).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
 }
@@ -244,12 +262,9 @@ struct CreateUser {
 
 pub async fn create_user(
     State(app): State<Arc<App>>,
-    Path(org): Path<String>,
-    headers: HeaderMap,
+    OnOrg { org, actor }: Writes,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let org = org_id(&org)?;
-    let actor = org_actor(&app, &headers, &org, true).await?;
     let bytes = read_body(body, MAX_BODY_BYTES).await?;
     let body: CreateUser = parse_json(&bytes, r#"{"username", "display_name"?, "email"?, "role"?}"#)?;
     let made = app
@@ -289,12 +304,9 @@ pub struct Page {
 
 pub async fn list_users(
     State(app): State<Arc<App>>,
-    Path(org): Path<String>,
-    headers: HeaderMap,
+    OnOrg { org, .. }: Reads,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let org = org_id(&org)?;
-    org_actor(&app, &headers, &org, false).await?;
     let Query(page) = page.map_err(|e| ApiError::of(ErrorCode::ValidationError, e.body_text()))?;
     let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let users = app.registry.users(&org, page.after.as_deref(), limit).await?;
@@ -306,11 +318,9 @@ pub async fn list_users(
 
 pub async fn get_user(
     State(app): State<Arc<App>>,
-    Path((org, user)): Path<(String, String)>,
-    headers: HeaderMap,
+    OnOrg { org, .. }: Reads,
+    Path((_, user)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let org = org_id(&org)?;
-    org_actor(&app, &headers, &org, false).await?;
     let user = app
         .registry
         .user(&org, &user)
@@ -321,11 +331,9 @@ pub async fn get_user(
 
 pub async fn delete_user(
     State(app): State<Arc<App>>,
-    Path((org, user)): Path<(String, String)>,
-    headers: HeaderMap,
+    OnOrg { org, actor }: Writes,
+    Path((_, user)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let org = org_id(&org)?;
-    let actor = org_actor(&app, &headers, &org, true).await?;
     app.registry.delete_user(&org, &user, &actor.name()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -340,12 +348,9 @@ struct CreateKey {
 
 pub async fn create_key(
     State(app): State<Arc<App>>,
-    Path(org): Path<String>,
-    headers: HeaderMap,
+    OnOrg { org, actor }: Writes,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let org = org_id(&org)?;
-    let actor = org_actor(&app, &headers, &org, true).await?;
     let bytes = read_body(body, MAX_BODY_BYTES).await?;
     let body: CreateKey = if bytes.is_empty() {
         CreateKey {
@@ -368,34 +373,20 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
-pub async fn list_keys(
-    State(app): State<Arc<App>>,
-    Path(org): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let org = org_id(&org)?;
-    org_actor(&app, &headers, &org, false).await?;
+pub async fn list_keys(State(app): State<Arc<App>>, OnOrg { org, .. }: Reads) -> Result<Response, ApiError> {
     Ok(Json(json!({"keys": app.registry.keys(&org).await?})).into_response())
 }
 
 pub async fn revoke_key(
     State(app): State<Arc<App>>,
-    Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    OnOrg { org, actor }: Writes,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let org = org_id(&org)?;
-    let actor = org_actor(&app, &headers, &org, true).await?;
     app.registry.revoke_key(&org, &id, &actor.name()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub async fn audit(
-    State(app): State<Arc<App>>,
-    Path(org): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let org = org_id(&org)?;
-    org_actor(&app, &headers, &org, false).await?;
+pub async fn audit(State(app): State<Arc<App>>, OnOrg { org, .. }: Reads) -> Result<Response, ApiError> {
     Ok(Json(json!({"entries": app.registry.audit_log(&org).await?})).into_response())
 }
 
@@ -417,14 +408,11 @@ struct RevokeBody {
 /// so far, or a ticket (by id); live connections that used it close (4003).
 pub async fn revoke(
     State(app): State<Arc<App>>,
-    Path(org): Path<String>,
-    headers: HeaderMap,
+    OnOrg { org, actor }: Writes,
     body: Body,
 ) -> Result<Response, ApiError> {
     use crate::registry::model::Revoke;
     use switchboard_actors::Match;
-    let org = org_id(&org)?;
-    let actor = org_actor(&app, &headers, &org, true).await?;
     let bytes = read_body(body, MAX_BODY_BYTES).await?;
     let shape = r#"{"jti" | "sub" | "ticket": "<id>", "until"?: <unix secs>}"#;
     let body: RevokeBody = parse_json(&bytes, shape)?;
@@ -462,10 +450,7 @@ pub async fn revoke(
 
 pub async fn revocations(
     State(app): State<Arc<App>>,
-    Path(org): Path<String>,
-    headers: HeaderMap,
+    OnOrg { org, .. }: Reads,
 ) -> Result<Response, ApiError> {
-    let org = org_id(&org)?;
-    org_actor(&app, &headers, &org, false).await?;
     Ok(Json(json!({"revocations": app.registry.revocations(&org).await?})).into_response())
 }
