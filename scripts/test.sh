@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with the Rust toolchain:
-# installs what the tests need (nats-server from Debian's packages), then
+# installs what the tests need (nats-server from Debian's packages,
+# schemathesis from PyPI), then
 # checks formatting and lints and runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,12 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# schemathesis checks the OpenAPI document against the live server (tests/openapi.rs).
+if ! command -v st >/dev/null 2>&1; then
+  echo "installing: schemathesis"
+  python3 -m pip install -q --disable-pip-version-check schemathesis
+fi
+command -v st >/dev/null 2>&1 || { echo "schemathesis installed, but 'st' is not on PATH" >&2; exit 1; }
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done

@@ -43,7 +43,7 @@ pub struct RollupConfig {
     pub window_ms: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "alg", deny_unknown_fields)]
 pub enum JwtKeyConfig {
     /// A shared secret of at least 32 bytes.
@@ -71,7 +71,7 @@ pub struct ApiKeyConfig {
 }
 
 /// What an API key may do inside its org.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Publish on any channel.

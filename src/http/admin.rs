@@ -164,9 +164,9 @@ fn org_view(doc: &OrgDoc) -> serde_json::Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateOrg {
+pub(super) struct CreateOrg {
     id: String,
     name: Option<String>,
     #[serde(default)]
@@ -178,6 +178,9 @@ struct CreateOrg {
     limits: OrgLimits,
 }
 
+#[utoipa::path(post, path = "/v1/orgs", tag = "orgs", security(("bearer" = [])),
+    request_body = CreateOrg,
+    responses((status = 201, description = "created; its HS256 secret is shown once", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 409, description = "conflict", body = crate::http::openapi::ErrorBody), (status = 413, description = "body too large", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn create_org(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -206,6 +209,8 @@ pub async fn create_org(
     Ok((StatusCode::CREATED, Json(json!(created))).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/orgs", tag = "orgs", security(("bearer" = [])),
+    responses((status = 200, description = "every org", body = serde_json::Value), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn list_orgs(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     admin_only(&app, &headers)?;
     let orgs: Vec<_> = app
@@ -218,6 +223,8 @@ pub async fn list_orgs(State(app): State<Arc<App>>, headers: HeaderMap) -> Resul
     Ok(Json(json!({ "orgs": orgs })).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/orgs/{org}", tag = "orgs", security(("bearer" = [])), params(("org" = String, Path, description = "the org id", example = "demo")),
+    responses((status = 200, description = "the org, without secrets", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn get_org(State(app): State<Arc<App>>, OnOrg { org, .. }: Reads) -> Result<Response, ApiError> {
     let doc = app
         .registry
@@ -229,6 +236,8 @@ pub async fn get_org(State(app): State<Arc<App>>, OnOrg { org, .. }: Reads) -> R
 
 /// Deletes the org: its clients are disconnected (4003) and its operator
 /// sessions ended at once, its registry data removed.
+#[utoipa::path(delete, path = "/v1/orgs/{org}", tag = "orgs", security(("bearer" = [])), params(("org" = String, Path, description = "the org id", example = "demo")),
+    responses((status = 204, description = "deleted; its clients were disconnected"), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn delete_org(
     State(app): State<Arc<App>>,
     Path(org): Path<String>,
@@ -242,6 +251,8 @@ pub async fn delete_org(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(post, path = "/v1/orgs/{org}/ticket-keys", tag = "orgs", security(("bearer" = [])), params(("org" = String, Path, description = "the org id", example = "demo")),
+    responses((status = 201, description = "the new key's id", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn rotate_ticket_key(
     State(app): State<Arc<App>>,
     OnOrg { org, actor }: Writes,
@@ -250,9 +261,9 @@ pub async fn rotate_ticket_key(
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateUser {
+pub(super) struct CreateUser {
     username: String,
     display_name: Option<String>,
     email: Option<String>,
@@ -260,6 +271,10 @@ struct CreateUser {
     role: Role,
 }
 
+#[utoipa::path(post, path = "/v1/orgs/{org}/users", tag = "orgs", security(("bearer" = [])), params(("org" = String, Path, description = "the org id", example = "demo")),
+    request_body = CreateUser,
+    responses((status = 201, description = "created; its password and token are shown once", body = serde_json::Value),
+        (status = 200, description = "it existed: returned as it is, no secret", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 413, description = "body too large", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn create_user(
     State(app): State<Arc<App>>,
     OnOrg { org, actor }: Writes,
@@ -302,6 +317,9 @@ pub struct Page {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/orgs/{org}/users", tag = "orgs", security(("bearer" = [])),
+    params(("org" = String, Path, description = "the org id", example = "demo"), ("after" = Option<String>, Query, description = "the last username of the previous page"), ("limit" = Option<usize>, Query, description = "at most 1000; default 100")),
+    responses((status = 200, description = "users in username order", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn list_users(
     State(app): State<Arc<App>>,
     OnOrg { org, .. }: Reads,
@@ -316,6 +334,9 @@ pub async fn list_users(
     Ok(Json(json!({"users": users, "next": next})).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/orgs/{org}/users/{user}", tag = "orgs", security(("bearer" = [])),
+    params(("org" = String, Path, description = "the org id", example = "demo"), ("user" = String, Path, description = "the user id")),
+    responses((status = 200, description = "the user", body = crate::registry::admin::UserView), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn get_user(
     State(app): State<Arc<App>>,
     OnOrg { org, .. }: Reads,
@@ -329,6 +350,9 @@ pub async fn get_user(
     Ok(Json(json!(crate::registry::admin::UserView::from(&user))).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/orgs/{org}/users/{user}", tag = "orgs", security(("bearer" = [])),
+    params(("org" = String, Path, description = "the org id", example = "demo"), ("user" = String, Path, description = "the user id")),
+    responses((status = 204, description = "deleted; its token is refused"), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn delete_user(
     State(app): State<Arc<App>>,
     OnOrg { org, actor }: Writes,
@@ -338,14 +362,17 @@ pub async fn delete_user(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateKey {
+pub(super) struct CreateKey {
     name: Option<String>,
     /// Default: every scope but `admin`.
     scopes: Option<Vec<Scope>>,
 }
 
+#[utoipa::path(post, path = "/v1/orgs/{org}/keys", tag = "orgs", security(("bearer" = [])), params(("org" = String, Path, description = "the org id", example = "demo")),
+    request_body = CreateKey,
+    responses((status = 201, description = "created; the key is shown once", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 413, description = "body too large", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn create_key(
     State(app): State<Arc<App>>,
     OnOrg { org, actor }: Writes,
@@ -373,10 +400,15 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/orgs/{org}/keys", tag = "orgs", security(("bearer" = [])), params(("org" = String, Path, description = "the org id", example = "demo")),
+    responses((status = 200, description = "the org's keys, without secrets", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn list_keys(State(app): State<Arc<App>>, OnOrg { org, .. }: Reads) -> Result<Response, ApiError> {
     Ok(Json(json!({"keys": app.registry.keys(&org).await?})).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/orgs/{org}/keys/{id}", tag = "orgs", security(("bearer" = [])),
+    params(("org" = String, Path, description = "the org id", example = "demo"), ("id" = String, Path, description = "the key id")),
+    responses((status = 204, description = "revoked"), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn revoke_key(
     State(app): State<Arc<App>>,
     OnOrg { org, actor }: Writes,
@@ -386,6 +418,8 @@ pub async fn revoke_key(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(get, path = "/v1/orgs/{org}/audit", tag = "orgs", security(("bearer" = [])), params(("org" = String, Path, description = "the org id", example = "demo")),
+    responses((status = 200, description = "every admin action, oldest first", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn audit(State(app): State<Arc<App>>, OnOrg { org, .. }: Reads) -> Result<Response, ApiError> {
     Ok(Json(json!({"entries": app.registry.audit_log(&org).await?})).into_response())
 }
@@ -394,9 +428,9 @@ pub async fn audit(State(app): State<Arc<App>>, OnOrg { org, .. }: Reads) -> Res
 /// and tickets a backend usually hands out.
 const DEFAULT_REVOCATION_SECS: u64 = 24 * 3600;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RevokeBody {
+pub(super) struct RevokeBody {
     jti: Option<String>,
     sub: Option<String>,
     ticket: Option<String>,
@@ -406,6 +440,9 @@ struct RevokeBody {
 
 /// Revokes a client JWT (by `jti`), every credential of a subject issued
 /// so far, or a ticket (by id); live connections that used it close (4003).
+#[utoipa::path(post, path = "/v1/orgs/{org}/revocations", tag = "orgs", security(("bearer" = [])), params(("org" = String, Path, description = "the org id", example = "demo")),
+    request_body = RevokeBody,
+    responses((status = 201, description = "revoked; live connections that used it close", body = crate::registry::model::RevocationDoc), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 413, description = "body too large", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn revoke(
     State(app): State<Arc<App>>,
     OnOrg { org, actor }: Writes,
@@ -448,6 +485,8 @@ pub async fn revoke(
     Ok((StatusCode::CREATED, Json(json!(doc))).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/orgs/{org}/revocations", tag = "orgs", security(("bearer" = [])), params(("org" = String, Path, description = "the org id", example = "demo")),
+    responses((status = 200, description = "the org's revocations", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn revocations(
     State(app): State<Arc<App>>,
     OnOrg { org, .. }: Reads,

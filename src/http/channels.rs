@@ -43,6 +43,10 @@ struct PublishBody<'a> {
     data: Option<&'a RawValue>,
 }
 
+#[utoipa::path(post, path = "/v1/orgs/{org}/channels/{channel}/publish", tag = "channels", security(("bearer" = [])),
+    params(("org" = String, Path, description = "the org id", example = "demo"), ("channel" = String, Path, example = "chat.1")),
+    request_body(content = serde_json::Value, description = "{\"data\": <JSON>}"),
+    responses((status = 200, description = "its offset and epoch", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 409, description = "conflict", body = crate::http::openapi::ErrorBody), (status = 413, description = "body too large", body = crate::http::openapi::ErrorBody), (status = 429, description = "a limit was reached", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn publish(
     State(app): State<Arc<App>>,
     Path((org, channel)): Path<(String, String)>,
@@ -67,6 +71,9 @@ pub struct HistoryQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/orgs/{org}/channels/{channel}/history", tag = "channels", security(("bearer" = [])),
+    params(("org" = String, Path, description = "the org id", example = "demo"), ("channel" = String, Path, example = "chat.1"), ("since" = Option<u64>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, description = "what the channel retained", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn history(
     State(app): State<Arc<App>>,
     Path((org, channel)): Path<(String, String)>,

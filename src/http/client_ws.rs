@@ -16,6 +16,9 @@ use super::{ApiError, App};
 use crate::auth::{LEEWAY_SECS, verify_client_token};
 use crate::ws::handshake::{Credential, check_upgrade, credential};
 
+#[utoipa::path(get, path = "/v1/ws", tag = "clients",
+    params(("token" = Option<String>, Query, description = "a client JWT"), ("ticket" = Option<String>, Query, description = "a ticket")),
+    responses((status = 101, description = "switching to the client protocol"), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 426, description = "not a WebSocket upgrade", body = crate::http::openapi::ErrorBody), (status = 429, description = "a limit was reached", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn upgrade(State(app): State<Arc<App>>, req: Request<Body>) -> Result<Response, ApiError> {
     let key = check_upgrade(&req)?;
     // A JWT bounds the connection's life; a ticket only its start (it is

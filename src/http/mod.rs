@@ -5,6 +5,7 @@
 mod admin;
 mod channels;
 mod client_ws;
+pub mod openapi;
 mod operators;
 mod ops;
 mod sockets;
@@ -97,6 +98,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/orgs/{org}/channels/{channel}/history",
             get(channels::history),
         )
+        .route("/v1/openapi.json", get(openapi::openapi))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

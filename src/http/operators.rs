@@ -40,6 +40,9 @@ fn info_json(info: &SessionInfo) -> serde_json::Value {
     json!({"sid": info.sid, "roles": info.roles, "connected": info.connected})
 }
 
+#[utoipa::path(post, path = "/v1/operators", tag = "operators", security(("bearer" = [])),
+    request_body(content = serde_json::Value, description = "roles to claim: {\"roles\": [..]} (may be empty)"),
+    responses((status = 201, description = "the session and its token, shown once", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 409, description = "conflict", body = crate::http::openapi::ErrorBody), (status = 413, description = "body too large", body = crate::http::openapi::ErrorBody), (status = 429, description = "a limit was reached", body = crate::http::openapi::ErrorBody)))]
 pub async fn mint(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let org = verify_api_key(app.directory.as_ref(), bearer(&headers), None, Scope::Operators)?;
     let bytes = read_body(body, MAX_BODY_BYTES).await?;
@@ -98,6 +101,8 @@ pub async fn mint(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -
     }
 }
 
+#[utoipa::path(get, path = "/v1/operators", tag = "operators", security(("bearer" = [])),
+    responses((status = 200, description = "the org's sessions", body = serde_json::Value), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody)))]
 pub async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let org = verify_api_key(app.directory.as_ref(), bearer(&headers), None, Scope::Operators)?;
     let sessions: Vec<_> = app
@@ -130,6 +135,9 @@ fn authorize(app: &App, sid: &str, headers: &HeaderMap) -> Result<Sid, ApiError>
     Ok(sid)
 }
 
+#[utoipa::path(get, path = "/v1/operators/{sid}", tag = "operators", security(("bearer" = [])),
+    params(("sid" = String, Path)),
+    responses((status = 200, description = "the session", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody)))]
 pub async fn get(
     State(app): State<Arc<App>>,
     Path(sid): Path<String>,
@@ -145,6 +153,9 @@ pub async fn get(
     Ok(Json(info_json(&info)).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/operators/{sid}", tag = "operators", security(("bearer" = [])),
+    params(("sid" = String, Path)),
+    responses((status = 204, description = "ended"), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody)))]
 pub async fn delete(
     State(app): State<Arc<App>>,
     Path(sid): Path<String>,
@@ -157,6 +168,9 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(get, path = "/v1/operators/{sid}/ws", tag = "operators", security(("bearer" = [])),
+    params(("sid" = String, Path)),
+    responses((status = 101, description = "switching to the operator protocol"), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 426, description = "not a WebSocket upgrade", body = crate::http::openapi::ErrorBody), (status = 429, description = "a limit was reached", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
 pub async fn connect(
     State(app): State<Arc<App>>,
     Path(sid): Path<String>,

@@ -12,10 +12,12 @@ use switchboard_proto::ErrorCode;
 
 use super::{ApiError, App};
 
+#[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, description = "the process answers", body = serde_json::Value)))]
 pub async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/ready", tag = "ops", responses((status = 200, description = "taking work", body = serde_json::Value), (status = 503, description = "draining", body = serde_json::Value)))]
 pub async fn ready(State(app): State<Arc<App>>) -> Response {
     if app.is_ready() {
         Json(json!({"status": "ready"})).into_response()
@@ -28,6 +30,7 @@ pub async fn ready(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -37,6 +37,9 @@ struct TicketBody {
     single_use: bool,
 }
 
+#[utoipa::path(post, path = "/v1/orgs/{org}/tickets", tag = "clients", security(("bearer" = [])), params(("org" = String, Path, description = "the org id", example = "demo")),
+    request_body(content = serde_json::Value, description = "{\"sub\", \"subscribe\"?, \"publish\"?, \"send\"?, \"ttl_s\"?, \"single_use\"?}"),
+    responses((status = 201, description = "the ticket", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 413, description = "body too large", body = crate::http::openapi::ErrorBody), (status = 500, description = "internal error", body = crate::http::openapi::ErrorBody)))]
 pub async fn mint(
     State(app): State<Arc<App>>,
     Path(org): Path<String>,

@@ -91,7 +91,7 @@ pub struct NewOrg {
 }
 
 /// A user as the API shows it (never its secrets).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub user_id: String,
     pub username: String,
@@ -146,7 +146,7 @@ pub struct UserCreate {
 }
 
 /// A key as the API shows it (never its secret).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]

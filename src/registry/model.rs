@@ -73,7 +73,7 @@ pub mod key {
 }
 
 /// Limits an org's admin sets; `None` falls back to the server's setting.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrgLimits {
     /// Client connections open at once across the org.
@@ -151,7 +151,7 @@ pub struct KeyDoc {
 }
 
 /// An org user's role: owners and admins manage users and keys, members read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Owner,
@@ -183,7 +183,7 @@ pub struct UserDoc {
 }
 
 /// What a revocation refuses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Revoke {
     /// Client JWTs with this `jti`.
@@ -205,7 +205,7 @@ impl Revoke {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RevocationDoc {
     pub what: Revoke,
     pub id: String,
@@ -216,7 +216,7 @@ pub struct RevocationDoc {
 }
 
 /// One admin action: who did what to what, when.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Unix milliseconds.
     pub at: u64,
