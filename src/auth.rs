@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 use switchboard_actors::Identity;
 use switchboard_proto::{ChannelPattern, Grants, OrgId, Subject, TargetPattern};
 
-use crate::directory::{OrgDirectory, OrgRecord, Scope};
+use crate::directory::{OrgDirectory, OrgRecord, Scope, VerifyKey};
 
 /// Clock skew tolerated on `exp`, at connect and on open sockets.
 pub const LEEWAY_SECS: u64 = 30;
@@ -77,6 +77,26 @@ pub(crate) fn refuse(why: &str) -> AuthError {
 
 /// Verifies a client token against the keys of the org it names.
 pub fn verify_client_token(dir: &dyn OrgDirectory, token: &str) -> Result<Verified, AuthError> {
+    verify_client_token_with(dir, token, &[])
+}
+
+/// The org a token claims to be of, read without checking it: to pick its
+/// keys (a JWKS fetch) before verifying.
+pub fn claimed_org(token: &str) -> Option<OrgId> {
+    #[derive(Deserialize)]
+    struct OrgOnly {
+        org: String,
+    }
+    let claimed: OrgOnly = jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;
+    OrgId::new(&claimed.org).ok()
+}
+
+/// [`verify_client_token`], also trying `published` (the org's JWKS keys).
+pub fn verify_client_token_with(
+    dir: &dyn OrgDirectory,
+    token: &str,
+    published: &[VerifyKey],
+) -> Result<Verified, AuthError> {
     #[derive(Deserialize)]
     struct OrgOnly {
         org: String,
@@ -98,6 +118,7 @@ pub fn verify_client_token(dir: &dyn OrgDirectory, token: &str) -> Result<Verifi
     let keys = org
         .jwt_keys
         .iter()
+        .chain(published)
         .filter(|k| k.alg == header.alg && (header.kid.is_none() || header.kid == k.kid));
     for key in keys {
         let Ok(data) = jsonwebtoken::decode::<ClientClaims>(token, &key.key, &validation) else {

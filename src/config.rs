@@ -131,6 +131,8 @@ pub struct FileLimits {
     pub idle_timeout_secs: Option<u64>,
     pub frame_timeout_secs: Option<u64>,
     pub org_idle_secs: Option<u64>,
+    /// Least seconds between two JWKS fetches for one org caused by unknown key ids.
+    pub jwks_refetch_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -218,6 +220,7 @@ pub struct Settings {
     pub orgs: Vec<OrgConfig>,
     pub data_dir: PathBuf,
     pub master_key: MasterSource,
+    pub jwks_min_refetch: Duration,
 }
 
 /// Every problem found in a configuration.
@@ -391,6 +394,11 @@ impl Settings {
             orgs: file.orgs,
             data_dir,
             master_key,
+            jwks_min_refetch: secs(
+                None,
+                file.limits.jwks_refetch_secs,
+                crate::jwks::DEFAULT_MIN_REFETCH,
+            ),
         })
     }
 }

@@ -136,6 +136,8 @@ pub struct OrgRecord {
     pub ticket_keys: Vec<TicketKeyEntry>,
     pub limits: crate::registry::model::OrgLimits,
     pub revoked: Revocations,
+    /// Where the org's identity provider publishes more JWT keys (JWKS).
+    pub jwks_url: Option<String>,
 }
 
 /// Credentials of the org refused before they expire.
@@ -272,6 +274,7 @@ impl OrgRecord {
             ticket_keys: Vec::new(),
             limits: Default::default(),
             revoked: Revocations::default(),
+            jwks_url: None,
             allowed_origins: c.allowed_origins.clone(),
             jwt_keys,
             api_keys,

@@ -4,7 +4,8 @@
 //! - [`cli`]: the `switchboard` command (`serve`, `init`, `token`).
 //! - [`config`]: settings with reasoned defaults; file, env and flags merged.
 //! - [`directory`]: orgs and their credentials (the `OrgDirectory` seam).
-//! - [`auth`]: client JWTs, API keys, bearer tokens; [`tickets`]: short-lived WS tickets.
+//! - [`auth`]: client JWTs, API keys, bearer tokens; [`tickets`]: short-lived WS tickets;
+//!   [`jwks`]: keys orgs publish at a JWKS URL.
 //! - [`registry`]: orgs, users, API keys, ticket keys, audit log; durable, secrets sealed.
 //! - [`server`]: accept loop, HTTP/1.1 serving, ordered shutdown.
 //! - [`http`]: the routes and the JSON error mapping.
@@ -22,8 +23,15 @@ pub mod directory;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod http;
+pub mod jwks;
 pub mod registry;
 pub mod server;
 pub mod telemetry;
 pub mod tickets;
 pub mod ws;
+
+/// Picks the TLS crypto for outbound HTTPS (JWKS fetches): ring. Call once
+/// at start; later calls (tests start many servers) change nothing.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

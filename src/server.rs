@@ -48,6 +48,7 @@ pub struct Server {
 impl Server {
     /// Binds the listener and starts the actors; nothing is served until [`Server::run`].
     pub async fn bind(settings: Settings) -> anyhow::Result<Server> {
+        crate::install_tls_provider();
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -64,6 +65,7 @@ impl Server {
             directory: registry.clone(),
             registry,
             admin_token: settings.admin_token.clone(),
+            jwks: crate::jwks::Jwks::new(settings.jwks_min_refetch),
             ws: WsSettings {
                 max_frame_bytes: settings.max_frame_bytes,
                 heartbeat: Heartbeat {

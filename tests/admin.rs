@@ -799,3 +799,103 @@ async fn revoked_credentials_are_refused_and_their_connections_closed() {
     );
     server.stop().await;
 }
+
+/// An identity provider's JWKS endpoint: serves `keys` and counts fetches.
+async fn jwks_server(
+    keys: std::sync::Arc<std::sync::Mutex<Value>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> String {
+    let app = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move || {
+            let (keys, fetches) = (keys.clone(), fetches.clone());
+            async move {
+                fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                axum::Json(keys.lock().unwrap().clone())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/jwks")
+}
+
+#[tokio::test]
+async fn keys_published_at_a_jwks_url_are_fetched_cached_and_rotated() {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let server = TestServer::start_with(|c| c.limits.jwks_refetch_secs = Some(0)).await;
+    // The Ed25519 test key as a JWK: its raw 32 bytes end the SPKI DER.
+    let pem = include_str!("keys/ed25519-public.pem");
+    let der = STANDARD
+        .decode(
+            pem.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap();
+    let x = URL_SAFE_NO_PAD.encode(&der[der.len() - 32..]);
+    let jwk =
+        |kid: &str| json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"});
+    let keys = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": [jwk("ed-1")]})));
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let url = jwks_server(keys.clone(), fetches.clone()).await;
+    let (status, _) = call(
+        &server,
+        Method::POST,
+        "/v1/orgs",
+        Some(ADMIN_TOKEN),
+        Some(json!({"id": "idp", "jwks_url": url})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let signing = jsonwebtoken::EncodingKey::from_ed_pem(include_bytes!("keys/ed25519-private.pem")).unwrap();
+    let token = |kid: &str| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(kid.into());
+        let claims = ClientClaims {
+            sub: "alice".into(),
+            org: "idp".into(),
+            exp: now_secs() + 600,
+            iat: None,
+            jti: None,
+            subscribe: vec![],
+            publish: vec![],
+            send: vec![],
+        };
+        jsonwebtoken::encode(&header, &claims, &signing).unwrap()
+    };
+    let fetched = || fetches.load(std::sync::atomic::Ordering::SeqCst);
+    let connects = |kid: &str| {
+        let url = server.ws_url(&token(kid));
+        async move { connect_ws(url).await.is_ok() }
+    };
+
+    assert!(connects("ed-1").await, "fetched on first use");
+    assert!(connects("ed-1").await);
+    assert_eq!(fetched(), 1, "then served from the cache");
+    assert!(!connects("ed-2").await, "a key id the provider does not publish");
+    assert_eq!(fetched(), 2, "an unknown key id refetches");
+    // The provider rotates to a new key id.
+    *keys.lock().unwrap() = json!({"keys": [jwk("ed-2")]});
+    assert!(
+        connects("ed-2").await,
+        "the rotation is picked up without a restart"
+    );
+    assert!(!connects("ed-1").await, "the retired key id no longer verifies");
+    // A bad URL is refused when the org is made.
+    let (status, body) = call(
+        &server,
+        Method::POST,
+        "/v1/orgs",
+        Some(ADMIN_TOKEN),
+        Some(json!({"id": "bad", "jwks_url": "file:///etc/passwd"})),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "VALIDATION_ERROR")
+    );
+    server.stop().await;
+}

@@ -160,6 +160,7 @@ fn org_view(doc: &OrgDoc) -> serde_json::Value {
         "jwt_keys": jwt_keys,
         "ticket_keys": ticket_keys,
         "limits": doc.limits,
+        "jwks_url": doc.jwks_url,
         "from_config": doc.from_config,
     })
 }
@@ -174,6 +175,8 @@ pub(super) struct CreateOrg {
     /// RS256 / EdDSA public keys (PEM) beside the generated HS256 secret.
     #[serde(default)]
     public_keys: Vec<JwtKeyConfig>,
+    /// Where the org's identity provider publishes more client-JWT keys.
+    jwks_url: Option<String>,
     #[serde(default)]
     limits: OrgLimits,
 }
@@ -201,6 +204,7 @@ pub async fn create_org(
                 name: body.name,
                 allowed_origins: body.allowed_origins,
                 public_keys: body.public_keys,
+                jwks_url: body.jwks_url,
                 limits: body.limits,
             },
             &actor.name(),
@@ -246,6 +250,7 @@ pub async fn delete_org(
     admin_only(&app, &headers)?;
     let org = org_id(&org)?;
     app.registry.delete_org(&org).await?;
+    app.jwks.forget(&org);
     app.services.close_org(&org, CloseReason::Revoked).await;
     tracing::info!(org = %org, "org deleted");
     Ok(StatusCode::NO_CONTENT.into_response())

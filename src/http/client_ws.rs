@@ -13,8 +13,28 @@ use switchboard_proto::ErrorCode;
 
 use super::sockets::{Side, switch, take_org_place};
 use super::{ApiError, App};
-use crate::auth::{LEEWAY_SECS, verify_client_token};
+use crate::auth::{
+    AuthError, LEEWAY_SECS, Verified, claimed_org, verify_client_token, verify_client_token_with,
+};
 use crate::ws::handshake::{Credential, check_upgrade, credential};
+
+/// Verifies a client JWT with its org's keys, fetching the keys the org
+/// publishes (JWKS) when the token is signed with none of the others.
+async fn verify_token(app: &App, token: &str) -> Result<Verified, AuthError> {
+    let first = verify_client_token(app.directory.as_ref(), token);
+    let Err(AuthError::Invalid) = first else {
+        return first;
+    };
+    let Some(org) = claimed_org(token).and_then(|o| app.directory.get(&o)) else {
+        return first;
+    };
+    if org.jwks_url.is_none() {
+        return first;
+    }
+    let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
+    let published = app.jwks.keys(&org, kid.as_deref()).await;
+    verify_client_token_with(app.directory.as_ref(), token, &published)
+}
 
 #[utoipa::path(get, path = "/v1/ws", tag = "clients",
     params(("token" = Option<String>, Query, description = "a client JWT"), ("ticket" = Option<String>, Query, description = "a ticket")),
@@ -26,7 +46,7 @@ pub async fn upgrade(State(app): State<Arc<App>>, req: Request<Body>) -> Result<
     let (verified, close_at) = match credential(&req)? {
         Credential::Ticket(ticket) => (crate::tickets::verify(app.directory.as_ref(), &ticket)?, None),
         Credential::Token(token) => {
-            let verified = verify_client_token(app.directory.as_ref(), &token)?;
+            let verified = verify_token(&app, &token).await?;
             let close_at = verified.expires_at.saturating_add(LEEWAY_SECS);
             (verified, Some(close_at))
         }

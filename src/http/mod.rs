@@ -40,6 +40,8 @@ pub struct App {
     pub registry: Arc<Registry>,
     /// The token of the admin API (org management); none: only org keys and users.
     pub admin_token: Option<String>,
+    /// Client-JWT keys orgs publish at their JWKS URLs.
+    pub jwks: crate::jwks::Jwks,
     pub ws: WsSettings,
     pub max_connections: usize,
     pub prometheus: PrometheusHandle,

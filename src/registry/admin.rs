@@ -87,6 +87,8 @@ pub struct NewOrg {
     pub allowed_origins: Vec<String>,
     /// Public keys (RS256/EdDSA) to verify client JWTs with, beside the generated secret.
     pub public_keys: Vec<JwtKeyConfig>,
+    /// A JWKS URL (`http://` or `https://`) publishing more client-JWT keys.
+    pub jwks_url: Option<String>,
     pub limits: OrgLimits,
 }
 
@@ -124,6 +126,7 @@ impl NewOrg {
             name: None,
             allowed_origins: Vec::new(),
             public_keys: Vec::new(),
+            jwks_url: None,
             limits: OrgLimits::default(),
         }
     }
@@ -249,7 +252,15 @@ impl Registry {
                 }
             });
         }
+        if let Some(url) = &new.jwks_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(AdminError::Invalid(
+                "jwks_url must be an http:// or https:// URL".into(),
+            ));
+        }
         let doc = OrgDoc {
+            jwks_url: new.jwks_url,
             name: new.name.unwrap_or_else(|| new.id.to_string()),
             id: new.id.clone(),
             created_at: now_secs(),
@@ -594,6 +605,7 @@ impl Registry {
                 },
                 limits: existing.as_ref().map(|d| d.limits.clone()).unwrap_or_default(),
                 rollup: c.rollup.clone(),
+                jwks_url: existing.as_ref().and_then(|d| d.jwks_url.clone()),
                 from_config: true,
             };
             self.store.put(&key::org(&org), encode(&doc)).await?;

@@ -298,6 +298,7 @@ impl Registry {
         }
         record.limits = doc.limits.clone();
         record.name = doc.name.clone();
+        record.jwks_url = doc.jwks_url.clone();
         Ok(record)
     }
 

@@ -132,6 +132,9 @@ pub struct OrgDoc {
     pub limits: OrgLimits,
     #[serde(default)]
     pub rollup: Vec<RollupConfig>,
+    /// Where the org's identity provider publishes more JWT keys (JWKS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
     /// Declared in the config file: re-applied from it at every start.
     #[serde(default)]
     pub from_config: bool,
