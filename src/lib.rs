@@ -29,9 +29,3 @@ pub mod server;
 pub mod telemetry;
 pub mod tickets;
 pub mod ws;
-
-/// Picks the TLS crypto for outbound HTTPS (JWKS fetches): ring. Call once
-/// at start; later calls (tests start many servers) change nothing.
-pub fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}

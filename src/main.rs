@@ -2,7 +2,6 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    switchboard::install_tls_provider();
     let cli = switchboard::cli::Cli::parse();
     match switchboard::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

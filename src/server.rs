@@ -48,7 +48,6 @@ pub struct Server {
 impl Server {
     /// Binds the listener and starts the actors; nothing is served until [`Server::run`].
     pub async fn bind(settings: Settings) -> anyhow::Result<Server> {
-        crate::install_tls_provider();
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
