@@ -149,6 +149,24 @@ async fn org_lifecycle_with_the_admin_token() {
     let (status, _) = call(&server, Method::GET, "/v1/orgs/nobody", Some(ADMIN_TOKEN), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
+    // Something to forget: a message in its history.
+    let (_, key) = call(
+        &server,
+        Method::POST,
+        "/v1/orgs/initech/keys",
+        Some(ADMIN_TOKEN),
+        Some(json!({})),
+    )
+    .await;
+    let res = reqwest::Client::new()
+        .post(server.url("/v1/orgs/initech/channels/chat.1/publish"))
+        .bearer_auth(key["key"].as_str().unwrap())
+        .json(&json!({"data": "kept until the org goes"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
     // Deleting the org closes its clients at once, with a code that says not to retry.
     let (status, _) = call(
         &server,
@@ -174,6 +192,24 @@ async fn org_lifecycle_with_the_admin_token() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // An org made again under the same id starts with nothing of the old one.
+    create_org(&server, "initech").await;
+    let (_, key) = call(
+        &server,
+        Method::POST,
+        "/v1/orgs/initech/keys",
+        Some(ADMIN_TOKEN),
+        Some(json!({})),
+    )
+    .await;
+    let path = "/v1/orgs/initech/channels/chat.1/history";
+    let (status, history) = call(&server, Method::GET, path, key["key"].as_str(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        history["messages"],
+        json!([]),
+        "the deleted org's history is gone"
+    );
     server.stop().await;
 }
 

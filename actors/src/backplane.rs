@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use serde_json::value::RawValue;
-use switchboard_proto::{Epoch, ErrorCode, TurnFailure, TurnId};
+use switchboard_proto::{Epoch, ErrorCode, OrgId, TurnFailure, TurnId};
 
 use crate::hub::{ChannelKey, Offsetted};
 
@@ -99,6 +99,10 @@ pub trait Backplane: Send + Sync + 'static {
     /// Periodic upkeep (forgetting what nothing needs any more), run by the
     /// server about every half minute.
     fn maintain(&self) {}
+
+    /// Forgets everything of `org` (it was deleted): its channels' history
+    /// and live turns.
+    fn drop_org(&self, _org: &OrgId) {}
 }
 
 /// Where a history read starts.

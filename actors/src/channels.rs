@@ -76,6 +76,11 @@ impl Channels {
     pub fn maintain(&self) {
         self.backplane.maintain();
     }
+
+    /// Forgets the history and live turns of a deleted org.
+    pub fn drop_org(&self, org: &switchboard_proto::OrgId) {
+        self.backplane.drop_org(org);
+    }
 }
 
 /// Turn mistakes are the caller's and are answered to it; an unavailable

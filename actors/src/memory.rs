@@ -429,6 +429,21 @@ impl Backplane for InProcess {
     fn maintain(&self) {
         self.sweep();
     }
+
+    fn drop_org(&self, org: &switchboard_proto::OrgId) {
+        let before = self.logs.len();
+        self.logs.retain(|key, log| {
+            let keep = &key.org != org;
+            if !keep {
+                // Its offsets stay above anything a client of the old org saw.
+                let mut log = log.lock();
+                self.watermark(key).fetch_max(log.top, Ordering::AcqRel);
+                log.dead = true;
+            }
+            keep
+        });
+        gauge!(telemetry::HISTORY_CHANNELS).decrement((before - self.logs.len()) as f64);
+    }
 }
 
 impl History for InProcess {

@@ -94,13 +94,15 @@ impl Services {
             .spawn(supervised(shared, task(handler), self.connections.clone()));
     }
 
-    /// Closes every client connection of `org` with `reason` and ends its
-    /// operator sessions (their sockets close with 4010): the org is gone.
+    /// Closes every client connection of `org` with `reason`, ends its
+    /// operator sessions (their sockets close with 4010) and forgets its
+    /// channels: the org is gone.
     pub async fn close_org(&self, org: &OrgId, reason: CloseReason) {
         self.close_matching(Match::org(org.clone()), reason);
         for session in self.sessions.of_org(org).await {
             self.sessions.end(&session.sid).await;
         }
+        self.channels.drop_org(org);
     }
 
     /// Closes the client connections `which` names (a revoked credential's).
