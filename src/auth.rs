@@ -112,9 +112,21 @@ pub fn verify_client_token_with(
     let org_id = OrgId::new(&claimed.org).map_err(|_| refuse("bad org claim"))?;
     let org = dir.get(&org_id).ok_or_else(|| refuse("unknown org"))?;
     let mut validation = Validation::new(header.alg);
-    validation.set_required_spec_claims(&["exp", "sub"]);
     validation.leeway = LEEWAY_SECS;
-    validation.validate_aud = false;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    match &org.jwt_audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    if let Some(iss) = &org.jwt_issuer {
+        validation.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    validation.set_required_spec_claims(&required);
     let keys = org
         .jwt_keys
         .iter()

@@ -138,6 +138,9 @@ pub struct OrgRecord {
     pub revoked: Revocations,
     /// Where the org's identity provider publishes more JWT keys (JWKS).
     pub jwks_url: Option<String>,
+    /// When set, client JWTs must carry this `aud` / `iss`.
+    pub jwt_audience: Option<String>,
+    pub jwt_issuer: Option<String>,
 }
 
 /// Credentials of the org refused before they expire.
@@ -275,6 +278,8 @@ impl OrgRecord {
             limits: Default::default(),
             revoked: Revocations::default(),
             jwks_url: None,
+            jwt_audience: None,
+            jwt_issuer: None,
             allowed_origins: c.allowed_origins.clone(),
             jwt_keys,
             api_keys,

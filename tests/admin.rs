@@ -149,7 +149,7 @@ async fn org_lifecycle_with_the_admin_token() {
     let (status, _) = call(&server, Method::GET, "/v1/orgs/nobody", Some(ADMIN_TOKEN), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    // Something to forget: a message in its history.
+    // Something to forget: a message in its history, an operator session.
     let (_, key) = call(
         &server,
         Method::POST,
@@ -166,6 +166,16 @@ async fn org_lifecycle_with_the_admin_token() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+    let (status, op) = call(
+        &server,
+        Method::POST,
+        "/v1/operators",
+        key["key"].as_str(),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let op_path = format!("/v1/operators/{}", op["sid"].as_str().unwrap());
 
     // Deleting the org closes its clients at once, with a code that says not to retry.
     let (status, _) = call(
@@ -183,6 +193,8 @@ async fn org_lifecycle_with_the_admin_token() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let refused = connect_ws(server.ws_url(&client_token("initech", &secret))).await;
     assert!(refused.is_err(), "its tokens no longer connect");
+    let (status, _) = call(&server, Method::GET, &op_path, op["token"].as_str(), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "its operator sessions ended");
     let (status, _) = call(
         &server,
         Method::DELETE,
@@ -933,5 +945,152 @@ async fn keys_published_at_a_jwks_url_are_fetched_cached_and_rotated() {
         (status, code(&body)),
         (StatusCode::BAD_REQUEST, "VALIDATION_ERROR")
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_org_may_require_audience_and_issuer_and_nbf_is_checked() {
+    let server = TestServer::start().await;
+    let body = json!({"id": "strict", "jwt_audience": "app", "jwt_issuer": "https://idp.test"});
+    let (status, made) = call(&server, Method::POST, "/v1/orgs", Some(ADMIN_TOKEN), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let key = jsonwebtoken::EncodingKey::from_secret(made["hs256_secret"].as_str().unwrap().as_bytes());
+    let token = |extra: Value| {
+        let mut claims = json!({"sub": "alice", "org": "strict", "exp": now_secs() + 600});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let connects = |t: String| {
+        let url = server.ws_url(&t);
+        async move { connect_ws(url).await.is_ok() }
+    };
+    assert!(connects(token(json!({"aud": "app", "iss": "https://idp.test"}))).await);
+    assert!(!connects(token(json!({"aud": "other", "iss": "https://idp.test"}))).await);
+    assert!(!connects(token(json!({"aud": "app", "iss": "https://evil.test"}))).await);
+    assert!(
+        !connects(token(json!({"iss": "https://idp.test"}))).await,
+        "aud required"
+    );
+    assert!(!connects(token(json!({"aud": "app"}))).await, "iss required");
+    let later = now_secs() + 300;
+    assert!(
+        !connects(token(
+            json!({"aud": "app", "iss": "https://idp.test", "nbf": later})
+        ))
+        .await,
+        "not valid before nbf"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn revoking_a_key_ends_the_operator_sessions_it_minted() {
+    let server = TestServer::start().await;
+    let (_, made) = call(
+        &server,
+        Method::POST,
+        "/v1/orgs/acme/keys",
+        Some(ADMIN_TOKEN),
+        Some(json!({"scopes": ["operators"]})),
+    )
+    .await;
+    let (key, id) = (made["key"].as_str().unwrap(), made["id"].as_str().unwrap());
+    let (status, minted) = call(
+        &server,
+        Method::POST,
+        "/v1/operators",
+        Some(key),
+        Some(json!({"roles": ["bot"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, other) = call(
+        &server,
+        Method::POST,
+        "/v1/operators",
+        Some(server.api_key("acme")),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let session = |m: &Value| format!("/v1/operators/{}", m["sid"].as_str().unwrap());
+    let token = |m: &Value| m["token"].as_str().unwrap().to_owned();
+    let (status, _) = call(
+        &server,
+        Method::DELETE,
+        &format!("/v1/orgs/acme/keys/{id}"),
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(
+        &server,
+        Method::GET,
+        &session(&minted),
+        Some(&token(&minted)),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the session lived on the revoked key's authority"
+    );
+    let (status, _) = call(&server, Method::GET, &session(&other), Some(&token(&other)), None).await;
+    assert_eq!(status, StatusCode::OK, "another key's session lives on");
+    // Its role is free again.
+    let (status, _) = call(
+        &server,
+        Method::POST,
+        "/v1/operators",
+        Some(server.api_key("acme")),
+        Some(json!({"roles": ["bot"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_orgs_publish_rate_applies_to_its_connections() {
+    let server = TestServer::start().await;
+    let (_, made) = call(
+        &server,
+        Method::POST,
+        "/v1/orgs",
+        Some(ADMIN_TOKEN),
+        Some(json!({"id": "slow", "limits": {"publish_rate": 1}})),
+    )
+    .await;
+    let claims = ClientClaims {
+        sub: "p".into(),
+        org: "slow".into(),
+        exp: now_secs() + 600,
+        iat: None,
+        jti: None,
+        subscribe: vec![],
+        publish: vec![ChannelPattern::new(">").unwrap()],
+        send: vec![],
+    };
+    let mut c = Client::connect(
+        &server,
+        &sign_hs256(made["hs256_secret"].as_str().unwrap(), &claims).unwrap(),
+    )
+    .await;
+    // The server's burst (100) passes; the org's rate (1/s) refuses what follows.
+    c.pipeline((0..110).map(|n| json!({"type": "publish", "id": n, "channel": "c", "data": n})))
+        .await;
+    let mut limited = 0;
+    for _ in 0..110 {
+        if let switchboard_proto::ServerFrame::Error { code, .. } = c.next().await {
+            assert_eq!(code, switchboard_proto::ErrorCode::RateLimited);
+            limited += 1;
+        }
+    }
+    assert!(limited >= 5, "{limited} refused");
     server.stop().await;
 }

@@ -311,3 +311,31 @@ async fn the_registry_survives_kill_9_and_keeps_secrets_out_of_the_logs() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("initech"));
 }
+
+#[test]
+fn a_wrong_master_key_fails_start_up_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(run(dir.path(), &["init"]).status.success());
+    // First start: the registry is sealed with the master key made beside it.
+    let mut first = serve(dir.path(), &[]);
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let wrong = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let out = std::process::Command::new(common::process::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("SWITCHBOARD_MASTER_KEY", wrong)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("master key"), "{stderr}");
+    // Without its key file the registry is not opened either.
+    std::fs::remove_file(dir.path().join("switchboard-data/master.key")).unwrap();
+    let out = run(dir.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is missing"),
+        "{out:?}"
+    );
+}

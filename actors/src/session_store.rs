@@ -26,6 +26,8 @@ pub struct SessionRecord {
     pub rollup: Arc<[RollupRule]>,
     /// Live turns, so a restarted session can still finish or fail them.
     pub turns: Vec<(TurnId, ChannelName)>,
+    /// The API key that minted it: revoking the key ends the session.
+    pub minted_by: Option<String>,
 }
 
 /// Every session record of this pod, by sid.

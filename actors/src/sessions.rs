@@ -92,6 +92,20 @@ impl Sessions {
     }
 
     /// The org's sessions, for its online list.
+    /// Ends the sessions of `org` that the API key `key` minted; returns how many.
+    pub async fn end_minted_by(&self, org: &OrgId, key: &str) -> usize {
+        let mut ended = 0;
+        for info in self.of_org(org).await {
+            let minted = self
+                .record(&info.sid)
+                .is_some_and(|r| r.minted_by.as_deref() == Some(key));
+            if minted && self.end(&info.sid).await {
+                ended += 1;
+            }
+        }
+        ended
+    }
+
     pub async fn of_org(&self, org: &OrgId) -> Vec<SessionInfo> {
         let Some(actor) = self.org_actor(org).await else {
             return Vec::new();

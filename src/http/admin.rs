@@ -161,6 +161,8 @@ fn org_view(doc: &OrgDoc) -> serde_json::Value {
         "ticket_keys": ticket_keys,
         "limits": doc.limits,
         "jwks_url": doc.jwks_url,
+        "jwt_audience": doc.jwt_audience,
+        "jwt_issuer": doc.jwt_issuer,
         "from_config": doc.from_config,
     })
 }
@@ -177,6 +179,10 @@ pub(super) struct CreateOrg {
     public_keys: Vec<JwtKeyConfig>,
     /// Where the org's identity provider publishes more client-JWT keys.
     jwks_url: Option<String>,
+    /// The `aud` client JWTs must carry, if any.
+    jwt_audience: Option<String>,
+    /// The `iss` client JWTs must carry, if any.
+    jwt_issuer: Option<String>,
     #[serde(default)]
     limits: OrgLimits,
 }
@@ -205,6 +211,8 @@ pub async fn create_org(
                 allowed_origins: body.allowed_origins,
                 public_keys: body.public_keys,
                 jwks_url: body.jwks_url,
+                jwt_audience: body.jwt_audience,
+                jwt_issuer: body.jwt_issuer,
                 limits: body.limits,
             },
             &actor.name(),
@@ -420,6 +428,8 @@ pub async fn revoke_key(
     Path((_, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     app.registry.revoke_key(&org, &id, &actor.name()).await?;
+    // Operator sessions it minted live on its authority: they end too.
+    app.services.sessions.end_minted_by(&org, &id).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -79,6 +79,9 @@ pub async fn mint(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -
         roles: roles.clone(),
         rollup: Arc::clone(&org.rollup),
         turns: Vec::new(),
+        minted_by: bearer(&headers)
+            .and_then(|k| k.split('.').nth(2))
+            .map(str::to_owned),
     };
     match app.services.sessions.mint(record).await {
         Ok(()) => Ok((

@@ -89,6 +89,9 @@ pub struct NewOrg {
     pub public_keys: Vec<JwtKeyConfig>,
     /// A JWKS URL (`http://` or `https://`) publishing more client-JWT keys.
     pub jwks_url: Option<String>,
+    /// The `aud` and `iss` client JWTs must carry, if any.
+    pub jwt_audience: Option<String>,
+    pub jwt_issuer: Option<String>,
     pub limits: OrgLimits,
 }
 
@@ -127,6 +130,8 @@ impl NewOrg {
             allowed_origins: Vec::new(),
             public_keys: Vec::new(),
             jwks_url: None,
+            jwt_audience: None,
+            jwt_issuer: None,
             limits: OrgLimits::default(),
         }
     }
@@ -261,6 +266,8 @@ impl Registry {
         }
         let doc = OrgDoc {
             jwks_url: new.jwks_url,
+            jwt_audience: new.jwt_audience,
+            jwt_issuer: new.jwt_issuer,
             name: new.name.unwrap_or_else(|| new.id.to_string()),
             id: new.id.clone(),
             created_at: now_secs(),
@@ -606,6 +613,8 @@ impl Registry {
                 limits: existing.as_ref().map(|d| d.limits.clone()).unwrap_or_default(),
                 rollup: c.rollup.clone(),
                 jwks_url: existing.as_ref().and_then(|d| d.jwks_url.clone()),
+                jwt_audience: existing.as_ref().and_then(|d| d.jwt_audience.clone()),
+                jwt_issuer: existing.as_ref().and_then(|d| d.jwt_issuer.clone()),
                 from_config: true,
             };
             self.store.put(&key::org(&org), encode(&doc)).await?;

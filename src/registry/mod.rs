@@ -299,6 +299,8 @@ impl Registry {
         record.limits = doc.limits.clone();
         record.name = doc.name.clone();
         record.jwks_url = doc.jwks_url.clone();
+        record.jwt_audience = doc.jwt_audience.clone();
+        record.jwt_issuer = doc.jwt_issuer.clone();
         Ok(record)
     }
 

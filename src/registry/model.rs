@@ -135,6 +135,11 @@ pub struct OrgDoc {
     /// Where the org's identity provider publishes more JWT keys (JWKS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
+    /// When set, client JWTs must carry this `aud` / `iss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_audience: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
     /// Declared in the config file: re-applied from it at every start.
     #[serde(default)]
     pub from_config: bool,
