@@ -199,6 +199,24 @@ async fn sigterm_drains_closes_sockets_with_1001_and_exits_0() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// POSTs `body` with a bearer token; the JSON answer.
+async fn post_json(
+    url: String,
+    bearer: impl std::fmt::Display,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(url)
+        .bearer_auth(bearer)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The registry is durable: what the admin API made before a kill -9 is
 /// there after a restart, and no secret it handed out reached the logs.
 #[tokio::test]
@@ -215,36 +233,19 @@ async fn the_registry_survives_kill_9_and_keeps_secrets_out_of_the_logs() {
     let mut server = serve(dir.path(), &[]);
     let http = reqwest::Client::new();
     let url = |server: &common::process::Serve, path: &str| format!("http://{}{path}", server.addr);
-    let org: serde_json::Value = http
-        .post(url(&server, "/v1/orgs"))
-        .bearer_auth(&admin)
-        .json(&json!({"id": "initech"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let user: serde_json::Value = http
-        .post(url(&server, "/v1/orgs/initech/users"))
-        .bearer_auth(&admin)
-        .json(&json!({"username": "ann", "role": "owner"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key: serde_json::Value = http
-        .post(url(&server, "/v1/orgs/initech/keys"))
-        .bearer_auth(user["token"].as_str().unwrap())
-        .json(&json!({"scopes": ["publish"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let org = post_json(url(&server, "/v1/orgs"), &admin, json!({"id": "initech"})).await;
+    let user = post_json(
+        url(&server, "/v1/orgs/initech/users"),
+        &admin,
+        json!({"username": "ann", "role": "owner"}),
+    )
+    .await;
+    let key = post_json(
+        url(&server, "/v1/orgs/initech/keys"),
+        user["token"].as_str().unwrap(),
+        json!({"scopes": ["publish"]}),
+    )
+    .await;
     // A refused attempt with a real secret in the wrong place must not echo it either.
     let _ = http
         .get(url(&server, "/v1/orgs/initech/users"))
@@ -284,16 +285,12 @@ async fn the_registry_survives_kill_9_and_keeps_secrets_out_of_the_logs() {
         .await
         .unwrap();
     assert_eq!(published.status(), 200, "the key made before the kill works");
-    let again: serde_json::Value = http
-        .post(url(&server, "/v1/orgs/initech/users"))
-        .bearer_auth(&admin)
-        .json(&json!({"username": "ann"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again = post_json(
+        url(&server, "/v1/orgs/initech/users"),
+        &admin,
+        json!({"username": "ann"}),
+    )
+    .await;
     assert_eq!(again["user_id"], user["user_id"]);
     assert_eq!(again["created"], json!(false));
     // The admin CLI sees it too.
