@@ -51,9 +51,19 @@ pub async fn upgrade(State(app): State<Arc<App>>, req: Request<Body>) -> Result<
             (verified, Some(close_at))
         }
     };
+    let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    if !verified.org.origin_allowed(origin) {
+        return Err(ApiError::of(
+            ErrorCode::Forbidden,
+            "this origin may not connect to this org",
+        ));
+    }
+    let identity = verified.identity;
+    let org_place = take_org_place(&app, &identity.org, &identity.subject, &verified.org.limits)?;
     if let Some(id) = &verified.single_use {
-        // The first connect with a single-use ticket marks it used, on every pod.
-        let used = crate::registry::model::key::used_ticket(&verified.identity.org, id);
+        // Last, so a refused attempt does not use it up: the first connect
+        // with a single-use ticket marks it used, on every pod.
+        let used = crate::registry::model::key::used_ticket(&identity.org, id);
         let expiry = bytes::Bytes::from(verified.expires_at.to_string());
         match app.registry.store().create(&used, expiry).await {
             Ok(_) => {}
@@ -69,15 +79,6 @@ pub async fn upgrade(State(app): State<Arc<App>>, req: Request<Body>) -> Result<
             }
         }
     }
-    let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
-    if !verified.org.origin_allowed(origin) {
-        return Err(ApiError::of(
-            ErrorCode::Forbidden,
-            "this origin may not connect to this org",
-        ));
-    }
-    let identity = verified.identity;
-    let org_place = take_org_place(&app, &identity.org, &identity.subject, &verified.org.limits)?;
     switch(
         &app,
         req,
