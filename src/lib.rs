@@ -6,6 +6,7 @@
 //! - [`directory`]: orgs and their credentials (the `OrgDirectory` seam).
 //! - [`auth`]: client JWTs, API keys, bearer tokens; [`tickets`]: short-lived WS tickets;
 //!   [`jwks`]: keys orgs publish at a JWKS URL.
+//! - [`nats`]: NATS operator mode: JWTs and `switchboard nats init`.
 //! - [`registry`]: orgs, users, API keys, ticket keys, audit log; durable, secrets sealed.
 //! - [`server`]: accept loop, HTTP/1.1 serving, ordered shutdown.
 //! - [`http`]: the routes and the JSON error mapping.
@@ -24,6 +25,7 @@ pub mod directory;
 pub mod fuzzing;
 pub mod http;
 pub mod jwks;
+pub mod nats;
 pub mod registry;
 pub mod server;
 pub mod telemetry;

@@ -73,6 +73,31 @@ pub enum Command {
     /// Manage an org's API keys on a running server
     #[command(subcommand)]
     Key(admin::KeyCommand),
+    /// NATS operator mode (cluster)
+    #[command(subcommand)]
+    Nats(NatsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NatsCommand {
+    /// Make the operator, system and broker accounts, their credentials and a nats-server.conf
+    Init {
+        /// Directory to write into
+        #[arg(long)]
+        out: PathBuf,
+        /// nats-server's client port
+        #[arg(long, default_value_t = 4222)]
+        port: u16,
+        /// nats-server's monitoring port
+        #[arg(long, default_value_t = 8222)]
+        http_port: u16,
+        /// The operator's name
+        #[arg(long, default_value = "switchboard")]
+        name: String,
+        /// Replace an operator already there
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -82,6 +107,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Org(c) => admin::org(c).await,
         Command::User(c) => admin::user(c).await,
         Command::Key(c) => admin::key(c).await,
+        Command::Nats(NatsCommand::Init {
+            out,
+            port,
+            http_port,
+            name,
+            force,
+        }) => {
+            let made = crate::nats::init::init(&crate::nats::init::InitOptions {
+                out,
+                port,
+                http_port,
+                name,
+                force,
+            })?;
+            println!("operator        {}", made.operator);
+            println!("system account  {}", made.system_account);
+            println!("broker account  {}", made.broker_account);
+            println!("start NATS:     nats-server -c {}", made.conf.display());
+            Ok(())
+        }
         Command::Token {
             config,
             org,

@@ -1,0 +1,158 @@
+//! `switchboard nats init --out DIR`: everything a NATS deployment in
+//! operator mode needs before Switchboard can provision org accounts on it.
+//!
+//! Written into DIR: `operator.jwt`, `sys-account.jwt`, `broker-account.jwt`
+//! (public), `nats-server.conf` (full resolver with both accounts preloaded,
+//! JetStream on, no WebSocket listener), and, readable by their owner only,
+//! the operator's identity and signing seeds and the `sys.creds` and
+//! `broker.creds` of the users Switchboard connects as.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use nkeys::KeyPair;
+
+use super::jwt;
+
+/// The files `init` writes, by name, for whoever reads them back.
+pub mod files {
+    pub const OPERATOR_JWT: &str = "operator.jwt";
+    pub const SYS_ACCOUNT_JWT: &str = "sys-account.jwt";
+    pub const BROKER_ACCOUNT_JWT: &str = "broker-account.jwt";
+    pub const OPERATOR_SEED: &str = "operator.nk";
+    pub const OPERATOR_SIGNING_SEED: &str = "operator-signing.nk";
+    pub const SYS_CREDS: &str = "sys.creds";
+    pub const BROKER_CREDS: &str = "broker.creds";
+    pub const SERVER_CONF: &str = "nats-server.conf";
+}
+
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub out: PathBuf,
+    pub port: u16,
+    pub http_port: u16,
+    pub name: String,
+    pub force: bool,
+}
+
+/// What `init` made: the public keys, for the caller to print.
+#[derive(Debug)]
+pub struct Made {
+    pub operator: String,
+    pub system_account: String,
+    pub broker_account: String,
+    pub conf: PathBuf,
+}
+
+fn seed(kp: &KeyPair) -> anyhow::Result<String> {
+    kp.seed()
+        .map_err(|e| anyhow::anyhow!("no seed for a key we made: {e}"))
+}
+
+pub fn init(o: &InitOptions) -> anyhow::Result<Made> {
+    std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
+    let dir = o
+        .out
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", o.out.display()))?;
+    if dir.join(files::OPERATOR_JWT).exists() && !o.force {
+        bail!(
+            "{} already holds an operator; pass --force to replace it (every account it signed stops working)",
+            dir.display()
+        );
+    }
+    let operator = KeyPair::new_operator();
+    let operator_signing = KeyPair::new_operator();
+    let sys = KeyPair::new_account();
+    let broker = KeyPair::new_account();
+    let sys_user = KeyPair::new_user();
+    let broker_user = KeyPair::new_user();
+
+    let operator_jwt = jwt::operator(&operator, &operator_signing, &sys.public_key(), &o.name)?;
+    let sys_jwt = jwt::account(&operator_signing, &sys.public_key(), "SYS", false, vec![])?;
+    let broker_jwt = jwt::account(
+        &operator_signing,
+        &broker.public_key(),
+        "switchboard",
+        true,
+        vec![],
+    )?;
+    let sys_user_jwt = jwt::user(
+        &sys,
+        None,
+        &sys_user.public_key(),
+        "sys",
+        jwt::Permissions::default(),
+    )?;
+    let broker_user_jwt = jwt::user(
+        &broker,
+        None,
+        &broker_user.public_key(),
+        "switchboard",
+        jwt::Permissions::default(),
+    )?;
+    // Never write claims nats-server would take and later reject (NATS.md, trap 1).
+    jwt::verify::<jwt::Operator>(&operator_jwt, &operator.public_key())?;
+    for account in [&sys_jwt, &broker_jwt] {
+        jwt::verify::<jwt::Account>(account, &operator_signing.public_key())?;
+    }
+
+    let public = |name: &str, text: &str| -> anyhow::Result<()> {
+        std::fs::write(dir.join(name), text).with_context(|| format!("cannot write {name}"))
+    };
+    let private = |name: &str, text: &str| crate::cli::write_private(&dir.join(name), text);
+    public(files::OPERATOR_JWT, &operator_jwt)?;
+    public(files::SYS_ACCOUNT_JWT, &sys_jwt)?;
+    public(files::BROKER_ACCOUNT_JWT, &broker_jwt)?;
+    private(files::OPERATOR_SEED, &format!("{}\n", seed(&operator)?))?;
+    private(
+        files::OPERATOR_SIGNING_SEED,
+        &format!("{}\n", seed(&operator_signing)?),
+    )?;
+    private(files::SYS_CREDS, &jwt::creds(&sys_user_jwt, &seed(&sys_user)?))?;
+    private(
+        files::BROKER_CREDS,
+        &jwt::creds(&broker_user_jwt, &seed(&broker_user)?),
+    )?;
+    let conf = server_conf(
+        &dir,
+        o,
+        &sys.public_key(),
+        &sys_jwt,
+        &broker.public_key(),
+        &broker_jwt,
+    );
+    public(files::SERVER_CONF, &conf)?;
+    Ok(Made {
+        operator: operator.public_key(),
+        system_account: sys.public_key(),
+        broker_account: broker.public_key(),
+        conf: dir.join(files::SERVER_CONF),
+    })
+}
+
+fn server_conf(
+    dir: &Path,
+    o: &InitOptions,
+    sys: &str,
+    sys_jwt: &str,
+    broker: &str,
+    broker_jwt: &str,
+) -> String {
+    let d = dir.display();
+    format!(
+        "# nats-server configuration made by `switchboard nats init` (operator mode).\n\
+         # Org accounts are pushed to the full resolver at run time; the system and\n\
+         # broker accounts are preloaded.\n\
+         port: {port}\n\
+         http_port: {http}\n\
+         operator: \"{d}/{op}\"\n\
+         system_account: {sys}\n\
+         jetstream: {{ store_dir: \"{d}/js\", max_memory_store: 256MB, max_file_store: 2GB }}\n\
+         resolver: {{ type: full, dir: \"{d}/jwt\", allow_delete: true, interval: \"2m\", timeout: \"1.9s\" }}\n\
+         resolver_preload: {{\n  {sys}: \"{sys_jwt}\"\n  {broker}: \"{broker_jwt}\"\n}}\n",
+        port = o.port,
+        http = o.http_port,
+        op = files::OPERATOR_JWT,
+    )
+}
