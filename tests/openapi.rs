@@ -32,8 +32,12 @@ async fn schemathesis_finds_no_server_error_and_no_response_off_the_document() {
 
     let schema = server.url("/v1/openapi.json");
     let header = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    // schemathesis keeps a cache where it runs: not in the checkout.
+    let scratch = tempfile::tempdir().unwrap();
+    let cwd = scratch.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("st")
+            .current_dir(cwd)
             .args(["run", &schema])
             .args([
                 "--checks",
