@@ -1,14 +1,15 @@
 //! The admin API: orgs (admin token), and inside an org its users, API keys,
 //! ticket keys and audit log (admin token, an org key with the `admin`
 //! scope, or an org user's token: owners and admins write, members read).
-//! Secrets are in the response that made them and nowhere else.
+//! Secrets are in the response that made them and nowhere else. The user
+//! routes are in [`super::users`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,13 +22,11 @@ use switchboard_proto::{ErrorCode, OrgId};
 use super::{ApiError, App, parse_json, read_body};
 use crate::auth::{AuthError, bearer, verify_api_key};
 use crate::directory::{JwtKeyConfig, Scope};
-use crate::registry::admin::{AdminError, NewOrg, NewUser};
-use crate::registry::model::{OrgDoc, OrgLimits, Role, StoredJwtKey};
+use crate::registry::admin::{AdminError, NewOrg};
+use crate::registry::model::{OrgDoc, OrgLimits, StoredJwtKey};
 
 /// Admin bodies are small: names, origins, a few PEM keys.
-const MAX_BODY_BYTES: usize = 64 * 1024;
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
+pub(super) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 impl From<AdminError> for ApiError {
     fn from(e: AdminError) -> Self {
@@ -44,14 +43,14 @@ impl From<AdminError> for ApiError {
 }
 
 /// Who an admin request comes from, as the audit log names them.
-enum Actor {
+pub(super) enum Actor {
     Admin,
     Key(String),
     User(String),
 }
 
 impl Actor {
-    fn name(&self) -> String {
+    pub(super) fn name(&self) -> String {
         match self {
             Actor::Admin => "admin".into(),
             Actor::Key(id) => format!("key:{id}"),
@@ -115,8 +114,8 @@ async fn org_actor(app: &App, headers: &HeaderMap, org: &OrgId, write: bool) -> 
 /// An admin request on the org its path names: the org and who asks.
 /// `WRITE`: owners and admins only, for a user.
 pub struct OnOrg<const WRITE: bool> {
-    org: OrgId,
-    actor: Actor,
+    pub(super) org: OrgId,
+    pub(super) actor: Actor,
 }
 
 impl<const WRITE: bool> FromRequestParts<Arc<App>> for OnOrg<WRITE> {
@@ -133,9 +132,9 @@ impl<const WRITE: bool> FromRequestParts<Arc<App>> for OnOrg<WRITE> {
 }
 
 /// A request that reads the org (members may).
-type Reads = OnOrg<false>;
+pub(super) type Reads = OnOrg<false>;
 /// A request that changes the org (owners and admins may).
-type Writes = OnOrg<true>;
+pub(super) type Writes = OnOrg<true>;
 
 fn org_view(doc: &OrgDoc) -> serde_json::Value {
     let jwt_keys: Vec<_> = doc
@@ -272,107 +271,6 @@ pub async fn rotate_ticket_key(
 ) -> Result<Response, ApiError> {
     let id = app.registry.rotate_ticket_key(&org, &actor.name()).await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateUser {
-    username: String,
-    display_name: Option<String>,
-    email: Option<String>,
-    #[serde(default)]
-    role: Role,
-}
-
-#[utoipa::path(post, path = "/v1/orgs/{org}/users", tag = "orgs", security(("bearer" = [])), params(("org" = String, Path, description = "the org id", example = "demo")),
-    request_body = CreateUser,
-    responses((status = 201, description = "created; its password and token are shown once", body = serde_json::Value),
-        (status = 200, description = "it existed: returned as it is, no secret", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 413, description = "body too large", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
-pub async fn create_user(
-    State(app): State<Arc<App>>,
-    OnOrg { org, actor }: Writes,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let bytes = read_body(body, MAX_BODY_BYTES).await?;
-    let body: CreateUser = parse_json(&bytes, r#"{"username", "display_name"?, "email"?, "role"?}"#)?;
-    let made = app
-        .registry
-        .create_user(
-            &org,
-            NewUser {
-                username: body.username,
-                display_name: body.display_name,
-                email: body.email,
-                role: body.role,
-            },
-            &actor.name(),
-        )
-        .await?;
-    let mut view = json!(made.user);
-    Ok(match made.secrets {
-        Some((password, token)) => {
-            view["initial_password"] = json!(password);
-            view["token"] = json!(token);
-            view["token_set"] = json!(true);
-            view["created"] = json!(true);
-            (StatusCode::CREATED, Json(view)).into_response()
-        }
-        None => {
-            view["created"] = json!(false);
-            (StatusCode::OK, Json(view)).into_response()
-        }
-    })
-}
-
-#[derive(Deserialize)]
-pub struct Page {
-    after: Option<String>,
-    limit: Option<usize>,
-}
-
-#[utoipa::path(get, path = "/v1/orgs/{org}/users", tag = "orgs", security(("bearer" = [])),
-    params(("org" = String, Path, description = "the org id", example = "demo"), ("after" = Option<String>, Query, description = "the last username of the previous page"), ("limit" = Option<usize>, Query, description = "at most 1000; default 100")),
-    responses((status = 200, description = "users in username order", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
-pub async fn list_users(
-    State(app): State<Arc<App>>,
-    OnOrg { org, .. }: Reads,
-    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(page) = page.map_err(|e| ApiError::of(ErrorCode::ValidationError, e.body_text()))?;
-    let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let users = app.registry.users(&org, page.after.as_deref(), limit).await?;
-    let next = (users.len() == limit)
-        .then(|| users.last().map(|u| u.username.clone()))
-        .flatten();
-    Ok(Json(json!({"users": users, "next": next})).into_response())
-}
-
-#[utoipa::path(get, path = "/v1/orgs/{org}/users/{user}", tag = "orgs", security(("bearer" = [])),
-    params(("org" = String, Path, description = "the org id", example = "demo"), ("user" = String, Path, description = "the user id")),
-    responses((status = 200, description = "the user", body = crate::registry::admin::UserView), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
-pub async fn get_user(
-    State(app): State<Arc<App>>,
-    OnOrg { org, .. }: Reads,
-    Path((_, user)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let user = app
-        .registry
-        .user(&org, &user)
-        .await?
-        .ok_or_else(|| ApiError::of(ErrorCode::NotFound, format!("user {user} not found")))?;
-    Ok(Json(json!(crate::registry::admin::UserView::from(&user))).into_response())
-}
-
-#[utoipa::path(delete, path = "/v1/orgs/{org}/users/{user}", tag = "orgs", security(("bearer" = [])),
-    params(("org" = String, Path, description = "the org id", example = "demo"), ("user" = String, Path, description = "the user id")),
-    responses((status = 204, description = "deleted; its token is refused"), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "draining, full or unavailable", body = crate::http::openapi::ErrorBody)))]
-pub async fn delete_user(
-    State(app): State<Arc<App>>,
-    OnOrg { org, actor }: Writes,
-    Path((_, user)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    app.registry.delete_user(&org, &user, &actor.name()).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

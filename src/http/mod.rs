@@ -10,6 +10,7 @@ mod operators;
 mod ops;
 mod sockets;
 mod tickets;
+mod users;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -75,11 +76,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/orgs/{org}/ticket-keys", post(admin::rotate_ticket_key))
         .route(
             "/v1/orgs/{org}/users",
-            post(admin::create_user).get(admin::list_users),
+            post(users::create_user).get(users::list_users),
         )
         .route(
             "/v1/orgs/{org}/users/{user}",
-            get(admin::get_user).delete(admin::delete_user),
+            get(users::get_user).delete(users::delete_user),
         )
         .route(
             "/v1/orgs/{org}/keys",

@@ -7,7 +7,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{admin, channels, client_ws, operators, ops, tickets};
+use super::{admin, channels, client_ws, operators, ops, tickets, users};
 
 /// Every error: `{"error":{"code","message"}}` (409 on roles adds `roles`).
 #[derive(Serialize, ToSchema)]
@@ -48,7 +48,7 @@ impl Modify for Bearer {
         client_ws::upgrade,
         operators::mint, operators::list, operators::get, operators::delete, operators::connect,
         admin::create_org, admin::list_orgs, admin::get_org, admin::delete_org, admin::rotate_ticket_key,
-        admin::create_user, admin::list_users, admin::get_user, admin::delete_user,
+        users::create_user, users::list_users, users::get_user, users::delete_user,
         admin::create_key, admin::list_keys, admin::revoke_key,
         admin::audit, admin::revoke, admin::revocations,
         tickets::mint,

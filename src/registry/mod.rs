@@ -10,13 +10,15 @@
 //! - [`embedded`]: the redb backend.
 //! - [`seal`]: the master key and sealed secrets.
 //! - [`model`]: the documents and their keys.
-//! - [`admin`]: the operations the admin API and CLI perform.
+//! - [`admin`]: the operations the admin API and CLI perform on orgs,
+//!   keys, ticket keys, revocations and the audit log; [`users`]: org users.
 
 pub mod admin;
 pub mod embedded;
 pub mod model;
 pub mod seal;
 pub mod store;
+pub mod users;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
