@@ -267,7 +267,10 @@ async fn the_registry_survives_kill_9_and_keeps_secrets_out_of_the_logs() {
     for secret in secrets {
         assert!(!log.contains(secret), "a secret reached the log");
     }
-    let stored = std::fs::read(dir.path().join("switchboard-data/registry.redb")).unwrap();
+    let data = dir.path().join("switchboard-data");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&data).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "the data directory is private");
+    let stored = std::fs::read(data.join("registry.redb")).unwrap();
     for secret in &secrets[1..] {
         let needle = secret.as_bytes();
         assert!(

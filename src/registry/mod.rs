@@ -109,8 +109,17 @@ impl Registry {
     /// Opens the embedded registry in `dir` (created if missing).
     pub async fn open_dir(dir: &Path, master: &MasterSource) -> anyhow::Result<Arc<Registry>> {
         use anyhow::Context;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+            // Sealed secrets and key hashes: for the server's user only.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("cannot make {} private", dir.display()))?;
+            }
+        }
         let store_path = dir.join(STORE_FILE);
         let new_store = !store_path.exists();
         let store = Embedded::open(&store_path)?;
