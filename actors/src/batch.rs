@@ -9,7 +9,7 @@
 //! ([`scope`]): it can never stay open while that task waits, so no other
 //! task's deliveries are ever deferred by it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 /// A sink that deferred a frame and must be flushed when the batch ends.
@@ -22,12 +22,13 @@ pub trait Deferred: Send + Sync {
 #[derive(Default)]
 struct Batch {
     open: bool,
-    defer: bool,
     touched: Vec<Arc<dyn Deferred>>,
 }
 
 thread_local! {
     static BATCH: RefCell<Batch> = RefCell::new(Batch::default());
+    /// Apart from the rest: every offer to an idle socket reads it.
+    static DEFER: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Closes the batch even if the scoped code panics, so a deferred frame is
@@ -38,7 +39,7 @@ impl Drop for Close {
     fn drop(&mut self) {
         let touched = BATCH.with_borrow_mut(|b| {
             b.open = false;
-            b.defer = false;
+            DEFER.set(false);
             std::mem::take(&mut b.touched)
         });
         for sink in &touched {
@@ -71,13 +72,13 @@ pub fn scope<R>(f: impl FnOnce() -> R) -> R {
 /// until the scope ends, frames for idle sockets are queued, not written.
 /// Outside a scope it does nothing.
 pub fn defer() {
-    BATCH.with_borrow_mut(|b| b.defer = b.open);
+    DEFER.set(BATCH.with_borrow(|b| b.open));
 }
 
 /// Whether a frame offered now should be queued and flushed at the end of
 /// the batch.
 pub fn deferring() -> bool {
-    BATCH.with_borrow(|b| b.defer)
+    DEFER.get()
 }
 
 /// Registers a sink that deferred a frame to an empty queue.

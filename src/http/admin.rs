@@ -22,6 +22,7 @@ use switchboard_proto::{ErrorCode, OrgId};
 use super::{ApiError, App, parse_json, read_body};
 use crate::auth::{AuthError, bearer, verify_api_key};
 use crate::directory::{JwtKeyConfig, Scope};
+use crate::registry::RegistryError;
 use crate::registry::admin::{AdminError, NewOrg};
 use crate::registry::model::{OrgDoc, OrgLimits, StoredJwtKey};
 
@@ -34,11 +35,15 @@ impl From<AdminError> for ApiError {
             AdminError::Exists(what) => ApiError::of(ErrorCode::Conflict, format!("{what} already exists")),
             AdminError::NotFound(what) => ApiError::of(ErrorCode::NotFound, format!("{what} not found")),
             AdminError::Invalid(why) => ApiError::of(ErrorCode::ValidationError, why),
-            AdminError::Registry(e) => {
-                tracing::error!(error = %e, "registry operation failed");
-                ApiError::of(ErrorCode::Unavailable, "the registry is unavailable; retry")
-            }
+            AdminError::Registry(e) => e.into(),
         }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        tracing::error!(error = %e, "registry operation failed");
+        ApiError::of(ErrorCode::Unavailable, "the registry is unavailable; retry")
     }
 }
 

@@ -63,20 +63,14 @@ pub async fn upgrade(State(app): State<Arc<App>>, req: Request<Body>) -> Result<
     if let Some(id) = &verified.single_use {
         // Last, so a refused attempt does not use it up: the first connect
         // with a single-use ticket marks it used, on every pod.
-        let used = crate::registry::model::key::used_ticket(&identity.org, id);
-        let expiry = bytes::Bytes::from(verified.expires_at.to_string());
-        match app.registry.store().create(&used, expiry).await {
-            Ok(_) => {}
-            Err(crate::registry::store::StoreError::Exists) => {
-                return Err(crate::auth::refuse("single-use ticket used again").into());
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot record a single-use ticket");
-                return Err(ApiError::of(
-                    ErrorCode::Unavailable,
-                    "the registry is unavailable; retry",
-                ));
-            }
+        match app
+            .registry
+            .use_ticket(&identity.org, id, verified.expires_at)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return Err(crate::auth::refuse("single-use ticket used again").into()),
+            Err(e) => return Err(e.into()),
         }
     }
     switch(

@@ -182,19 +182,16 @@ impl Registry {
         Ok(registry)
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    pub fn master(&self) -> &MasterKey {
-        &self.master
-    }
-
-    /// Org ids in the live view.
-    pub fn org_ids(&self) -> Vec<OrgId> {
-        let mut ids: Vec<OrgId> = self.orgs.read().keys().cloned().collect();
-        ids.sort();
-        ids
+    /// Marks a single-use ticket used, on every pod that shares the store:
+    /// true the first time, false if it was used before. The mark is kept
+    /// until the ticket would have expired anyway ([`Registry::sweep`]).
+    pub async fn use_ticket(&self, org: &OrgId, id: &str, expires_at: u64) -> Result<bool, RegistryError> {
+        let expiry = Bytes::from(expires_at.to_string());
+        match self.store.create(&key::used_ticket(org, id), expiry).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::Exists) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn reload_all(&self) -> Result<(), RegistryError> {
