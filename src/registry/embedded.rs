@@ -221,6 +221,7 @@ impl Store for Embedded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::conformance;
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
@@ -229,71 +230,13 @@ mod tests {
     #[tokio::test]
     async fn revisions_create_and_compare_and_swap() {
         let store = Embedded::in_memory().unwrap();
-        let mut changes = store.watch();
-        let r1 = store.create("orgs.acme", b("1")).await.unwrap();
-        assert!(matches!(
-            store.create("orgs.acme", b("2")).await,
-            Err(StoreError::Exists)
-        ));
-        let r2 = store.update("orgs.acme", b("2"), r1).await.unwrap();
-        assert!(r2 > r1);
-        assert!(matches!(
-            store.update("orgs.acme", b("3"), r1).await,
-            Err(StoreError::Conflict)
-        ));
-        assert!(matches!(
-            store.update("orgs.none", b("3"), r1).await,
-            Err(StoreError::Conflict)
-        ));
-        let got = store.get("orgs.acme").await.unwrap().unwrap();
-        assert_eq!((got.value, got.revision), (b("2"), r2));
-        assert!(store.delete("orgs.acme").await.unwrap());
-        assert!(!store.delete("orgs.acme").await.unwrap());
-        assert_eq!(store.get("orgs.acme").await.unwrap(), None);
-        assert!(matches!(
-            store.get("orgs.a b").await,
-            Err(StoreError::InvalidKey(_))
-        ));
-        let seen: Vec<String> = (0..3)
-            .map(|_| match changes.try_recv().unwrap() {
-                Change::Put(e) => format!("put {} {}", e.key, e.revision),
-                Change::Delete { key, revision } => format!("delete {key} {revision}"),
-            })
-            .collect();
-        assert_eq!(
-            seen,
-            vec![
-                format!("put orgs.acme {r1}"),
-                format!("put orgs.acme {r2}"),
-                format!("delete orgs.acme {}", r2 + 1)
-            ]
-        );
-        assert!(
-            changes.try_recv().is_err(),
-            "failed writes and no-op deletes are silent"
-        );
+        conformance::revisions_create_and_compare_and_swap(&store, "acme").await;
     }
 
     #[tokio::test]
     async fn lists_by_token_prefix_in_key_order() {
         let store = Embedded::in_memory().unwrap();
-        for key in [
-            "users.acme.b",
-            "users.acme.a",
-            "users.acme2.a",
-            "users.acm",
-            "orgs.acme",
-        ] {
-            store.put(key, b(key)).await.unwrap();
-        }
-        let keys: Vec<String> = store
-            .list("users.acme")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(keys, vec!["users.acme.a", "users.acme.b"]);
+        conformance::lists_by_token_prefix_in_key_order(&store, "acme").await;
     }
 
     #[tokio::test]

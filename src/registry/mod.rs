@@ -7,14 +7,17 @@
 //!
 //! # Layout
 //! - [`store`]: the key-value seam (revisions, create-if-absent, CAS, watch).
-//! - [`embedded`]: the redb backend.
+//! - [`embedded`]: the redb backend; [`jetstream`]: the cluster one.
 //! - [`seal`]: the master key and sealed secrets.
 //! - [`model`]: the documents and their keys.
 //! - [`admin`]: the operations the admin API and CLI perform on orgs,
 //!   keys, ticket keys, revocations and the audit log; [`users`]: org users.
 
 pub mod admin;
+#[doc(hidden)]
+pub mod conformance;
 pub mod embedded;
+pub mod jetstream;
 pub mod model;
 pub mod seal;
 pub mod store;
