@@ -14,6 +14,7 @@ use switchboard_actors::memory::{
 use switchboard_actors::{HistoryLimits, Limits};
 
 use crate::directory::{OrgConfig, StaticOrgs};
+use crate::nats::cluster::ClusterSettings;
 use crate::registry::MasterSource;
 
 /// Loopback by default: a laptop broker should not be reachable from the
@@ -60,7 +61,13 @@ pub mod env {
     /// The master key itself (base64url); never a flag, so it stays out of `ps`.
     pub const MASTER_KEY: &str = "SWITCHBOARD_MASTER_KEY";
     pub const ADMIN_TOKEN: &str = "SWITCHBOARD_ADMIN_TOKEN";
+    pub const NATS_URL: &str = "SWITCHBOARD_NATS_URL";
+    pub const NATS_DIR: &str = "SWITCHBOARD_NATS_DIR";
 }
+
+/// An org's NATS connection on a pod outlives its last client by this much,
+/// so a client that reconnects at once does not pay for a new connection.
+pub const DEFAULT_NATS_ORG_IDLE: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -92,7 +99,20 @@ pub struct FileConfig {
     #[serde(default)]
     pub operators: FileOperators,
     #[serde(default)]
+    pub nats: FileNats,
+    #[serde(default)]
     pub orgs: Vec<OrgConfig>,
+}
+
+/// Cluster mode: set `url` and `dir` together.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNats {
+    pub url: Option<String>,
+    /// What `switchboard nats init --out DIR` made.
+    pub dir: Option<PathBuf>,
+    /// Seconds an org's NATS connection stays open on a pod after its last client left.
+    pub org_idle_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -199,6 +219,12 @@ pub struct Overrides {
     /// Token of the admin API (org management)
     #[arg(long, env = env::ADMIN_TOKEN, hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Cluster mode: the NATS server (operator mode, from `switchboard nats init`)
+    #[arg(long, env = env::NATS_URL)]
+    pub nats_url: Option<String>,
+    /// Cluster mode: the directory `switchboard nats init --out` wrote
+    #[arg(long, env = env::NATS_DIR)]
+    pub nats_dir: Option<PathBuf>,
 }
 
 /// The settings a server runs with, validated.
@@ -221,6 +247,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub master_key: MasterSource,
     pub jwks_min_refetch: Duration,
+    /// Cluster mode (NATS), or `None` for one pod on its own.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// Every problem found in a configuration.
@@ -358,13 +386,38 @@ impl Settings {
             .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let cluster = match (
+            over.nats_url.clone().or(file.nats.url),
+            over.nats_dir.clone().or(file.nats.dir),
+        ) {
+            (Some(url), Some(dir)) => Some(ClusterSettings {
+                url,
+                dir,
+                org_idle: secs(None, file.nats.org_idle_secs, DEFAULT_NATS_ORG_IDLE),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                errors.push("nats.url (--nats-url) needs nats.dir (--nats-dir): what `switchboard nats init --out DIR` made".into());
+                None
+            }
+            (None, Some(_)) => {
+                errors.push("nats.dir (--nats-dir) needs nats.url (--nats-url)".into());
+                None
+            }
+        };
+        // Every pod of a cluster must hold the same master key: by default
+        // the one `nats init` made beside the operator.
+        let default_master = match &cluster {
+            Some(c) => c.dir.join(crate::registry::MASTER_KEY_FILE),
+            None => data_dir.join(crate::registry::MASTER_KEY_FILE),
+        };
         let master_key = match std::env::var(env::MASTER_KEY) {
             Ok(text) if !text.is_empty() => MasterSource::Text(text),
             _ => MasterSource::File(
                 over.master_key_file
                     .clone()
                     .or(file.master_key_file)
-                    .unwrap_or_else(|| data_dir.join(crate::registry::MASTER_KEY_FILE)),
+                    .unwrap_or(default_master),
             ),
         };
         if !errors.is_empty() {
@@ -399,6 +452,7 @@ impl Settings {
                 file.limits.jwks_refetch_secs,
                 crate::jwks::DEFAULT_MIN_REFETCH,
             ),
+            cluster,
         })
     }
 }
@@ -477,6 +531,27 @@ mod tests {
         let err = Settings::resolve(file, &Overrides::default()).unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");
         assert!(err.0[0].contains("outbound_queue_bytes"), "{err}");
+    }
+
+    #[test]
+    fn cluster_mode_needs_both_url_and_dir() {
+        let over = Overrides {
+            nats_url: Some("nats://127.0.0.1:4222".into()),
+            ..Overrides::default()
+        };
+        let err = Settings::resolve(FileConfig::default(), &over).unwrap_err();
+        assert!(err.0[0].contains("--nats-dir"), "{err}");
+        let over = Overrides {
+            nats_dir: Some("nats".into()),
+            ..over
+        };
+        let s = Settings::resolve(FileConfig::default(), &over).unwrap();
+        let cluster = s.cluster.unwrap();
+        assert_eq!(cluster.org_idle, DEFAULT_NATS_ORG_IDLE);
+        match s.master_key {
+            MasterSource::File(path) => assert_eq!(path, PathBuf::from("nats/master.key")),
+            MasterSource::Text(_) => {}
+        }
     }
 
     #[test]

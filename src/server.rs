@@ -22,6 +22,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::http::{App, router};
+use crate::nats::accounts::Accounts;
+use crate::nats::cluster::Cluster;
 use crate::registry::Registry;
 use crate::ws::WsSettings;
 
@@ -53,13 +55,33 @@ impl Server {
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let hub = Arc::new(Hub::new());
         let memory = Arc::new(InProcess::new(Arc::clone(&hub), settings.history));
-        let registry = Registry::open_dir(&settings.data_dir, &settings.master_key).await?;
+        let (registry, cluster) = match &settings.cluster {
+            None => (
+                Registry::open_dir(&settings.data_dir, &settings.master_key).await?,
+                None,
+            ),
+            Some(c) => {
+                let cluster = Arc::new(Cluster::connect(c.clone()).await?);
+                let registry = Registry::open_cluster(cluster.broker.clone(), &settings.master_key).await?;
+                tracing::info!(url = %c.url, "cluster mode: registry and org accounts in NATS");
+                (registry, Some(cluster))
+            }
+        };
         registry
             .import(&settings.orgs)
             .await
             .context("cannot import the config file's orgs into the registry")?;
         let tree = Tree::start(hub, memory.clone(), memory, settings.limits.clone()).await?;
+        let accounts = cluster.map(|cluster| {
+            Accounts::new(
+                cluster,
+                registry.clone(),
+                Arc::clone(&tree.services().channels),
+                settings.max_frame_bytes,
+            )
+        });
         let app = Arc::new(App {
+            accounts,
             services: Arc::clone(tree.services()),
             directory: registry.clone(),
             registry,
@@ -107,6 +129,10 @@ impl Server {
         let prometheus = self.app.prometheus.clone();
         // Registry changes (this pod's or, in cluster mode, another's) reach the live view.
         http.spawn(Arc::clone(&self.app.registry).follow(cancel.clone()));
+        if let (Some(accounts), Some(cluster)) = (&self.app.accounts, &self.settings.cluster) {
+            let conns = Arc::clone(&self.app.org_conns);
+            http.spawn(Arc::clone(accounts).run(cluster.org_idle, move |org| conns.has(org), cancel.clone()));
+        }
         http.spawn(async move {
             let mut maintain = tokio::time::interval(MAINTAIN_INTERVAL);
             let mut upkeep = tokio::time::interval(METRICS_UPKEEP_INTERVAL);

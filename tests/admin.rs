@@ -13,26 +13,6 @@ use switchboard::auth::{ClientClaims, now_secs, sign_hs256};
 use switchboard_proto::ChannelPattern;
 
 /// One request; returns (status, JSON body or null).
-async fn call(
-    server: &TestServer,
-    method: Method,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = reqwest::Client::new().request(method, server.url(path));
-    if let Some(b) = bearer {
-        req = req.bearer_auth(b);
-    }
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status();
-    let text = res.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }

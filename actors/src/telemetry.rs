@@ -30,6 +30,10 @@ pub const TURNS_STARTED: &str = "switchboard_turns_started_total";
 pub const TURNS_FINISHED: &str = "switchboard_turns_finished_total";
 pub const TOKENS: &str = "switchboard_tokens_total";
 pub const ROLLUP_SAVED: &str = "switchboard_rollup_frames_saved_total";
+pub const NATS_ORG_CONNECTIONS: &str = "switchboard_nats_org_connections";
+pub const NATS_ORG_OPEN_SECONDS: &str = "switchboard_nats_org_open_seconds";
+pub const NATS_ACCOUNTS_MADE: &str = "switchboard_nats_accounts_made_total";
+pub const PUBLISHER_EVENTS: &str = "switchboard_nats_publisher_events_total";
 
 /// Registers descriptions so `/metrics` documents itself.
 pub fn describe() {
@@ -95,6 +99,20 @@ pub fn describe() {
     describe_counter!(
         ROLLUP_SAVED,
         "Token frames saved by rollup (tokens merged into an earlier frame)"
+    );
+    describe_gauge!(
+        NATS_ORG_CONNECTIONS,
+        "Orgs with a NATS connection open on this pod (cluster mode)"
+    );
+    describe_histogram!(
+        NATS_ORG_OPEN_SECONDS,
+        Unit::Seconds,
+        "Opening an org's NATS connection on this pod, its account made first if new"
+    );
+    describe_counter!(NATS_ACCOUNTS_MADE, "Org NATS accounts this pod made");
+    describe_counter!(
+        PUBLISHER_EVENTS,
+        "Events from NATS publishers, by result (delivered, malformed, oversized, refused)"
     );
 }
 

@@ -19,6 +19,7 @@ pub mod ids;
 pub mod operator;
 pub mod prepared;
 pub mod server;
+pub mod subjects;
 pub mod ws;
 
 pub use channel::{ChannelName, ChannelPattern, Grants};

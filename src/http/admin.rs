@@ -261,6 +261,20 @@ pub async fn delete_org(
 ) -> Result<Response, ApiError> {
     admin_only(&app, &headers)?;
     let org = org_id(&org)?;
+    if app.directory.get(&org).is_none() {
+        return Err(ApiError::of(ErrorCode::NotFound, format!("org {org} not found")));
+    }
+    // First, so a failure leaves the org whole: NATS cuts every connection
+    // in the org's account (pods', publishers') before its data goes.
+    if let Some(accounts) = &app.accounts {
+        accounts.retire(&org).await.map_err(|e| {
+            tracing::error!(org = %org, error = %e, "cannot retire the org's NATS account");
+            ApiError::of(
+                ErrorCode::Unavailable,
+                "NATS did not take the change; the org was not deleted, try again",
+            )
+        })?;
+    }
     app.registry.delete_org(&org).await?;
     app.jwks.forget(&org);
     app.services.close_org(&org, CloseReason::Revoked).await;

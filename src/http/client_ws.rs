@@ -73,6 +73,7 @@ pub async fn upgrade(State(app): State<Arc<App>>, req: Request<Body>) -> Result<
             Err(e) => return Err(e.into()),
         }
     }
+    app.open_org(&identity.org).await;
     switch(
         &app,
         req,

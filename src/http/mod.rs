@@ -8,6 +8,7 @@ mod client_ws;
 pub mod openapi;
 mod operators;
 mod ops;
+mod publishers;
 mod sockets;
 mod tickets;
 mod users;
@@ -54,9 +55,22 @@ pub struct App {
     pub org_conns: Arc<sockets::OrgConns>,
     /// Tasks that take over upgraded sockets.
     pub tasks: TaskTracker,
+    /// Cluster mode: the orgs' NATS accounts.
+    pub accounts: Option<Arc<crate::nats::accounts::Accounts>>,
 }
 
 impl App {
+    /// In cluster mode, opens this pod's connection into `org`'s NATS
+    /// account (making the account on the org's first use anywhere). Data
+    /// still flows through this pod without it, so a failure is logged.
+    pub async fn open_org(&self, org: &switchboard_proto::OrgId) {
+        if let Some(accounts) = &self.accounts
+            && let Err(e) = accounts.open(org).await
+        {
+            tracing::warn!(org = %org, error = %e, "cannot open the org's NATS account");
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -93,6 +107,11 @@ pub fn router(app: Arc<App>) -> Router {
             post(admin::revoke).get(admin::revocations),
         )
         .route("/v1/orgs/{org}/tickets", post(tickets::mint))
+        .route(
+            "/v1/orgs/{org}/publishers",
+            post(publishers::create).get(publishers::list),
+        )
+        .route("/v1/orgs/{org}/publishers/{name}", delete(publishers::revoke))
         .route(
             "/v1/orgs/{org}/channels/{channel}/publish",
             post(channels::publish),

@@ -7,7 +7,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{admin, channels, client_ws, operators, ops, tickets, users};
+use super::{admin, channels, client_ws, operators, ops, publishers, tickets, users};
 
 /// Every error: `{"error":{"code","message"}}` (409 on roles adds `roles`).
 #[derive(Serialize, ToSchema)]
@@ -52,6 +52,7 @@ impl Modify for Bearer {
         admin::create_key, admin::list_keys, admin::revoke_key,
         admin::audit, admin::revoke, admin::revocations,
         tickets::mint,
+        publishers::create, publishers::list, publishers::revoke,
         channels::publish, channels::history,
         ops::health, ops::ready, ops::metrics, openapi,
     ),
@@ -98,6 +99,8 @@ mod tests {
             "/v1/orgs/{org}/audit",
             "/v1/orgs/{org}/revocations",
             "/v1/orgs/{org}/tickets",
+            "/v1/orgs/{org}/publishers",
+            "/v1/orgs/{org}/publishers/{name}",
             "/v1/orgs/{org}/channels/{channel}/publish",
             "/v1/orgs/{org}/channels/{channel}/history",
             "/health",
@@ -107,6 +110,6 @@ mod tests {
         ] {
             assert!(paths.contains_key(path), "{path} is not documented");
         }
-        assert_eq!(paths.len(), 20, "a route was added without being listed here");
+        assert_eq!(paths.len(), 22, "a route was added without being listed here");
     }
 }

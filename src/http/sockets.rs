@@ -35,6 +35,13 @@ pub struct OrgConns {
     counts: Mutex<HashMap<(OrgId, Option<Subject>), u32>>,
 }
 
+impl OrgConns {
+    /// Whether `org` has a client connection open here.
+    pub fn has(&self, org: &OrgId) -> bool {
+        self.counts.lock().contains_key(&(org.clone(), None))
+    }
+}
+
 /// Holds a connection's place in its org's counts until dropped.
 pub(super) struct OrgPlace {
     conns: Arc<OrgConns>,

@@ -4,8 +4,9 @@
 //! Written into DIR: `operator.jwt`, `sys-account.jwt`, `broker-account.jwt`
 //! (public), `nats-server.conf` (full resolver with both accounts preloaded,
 //! JetStream on, no WebSocket listener), and, readable by their owner only,
-//! the operator's identity and signing seeds and the `sys.creds` and
-//! `broker.creds` of the users Switchboard connects as.
+//! the operator's identity and signing seeds, the `sys.creds` and
+//! `broker.creds` of the users Switchboard connects as, and the master key
+//! the cluster's registry is sealed with.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,8 @@ pub mod files {
     pub const SYS_CREDS: &str = "sys.creds";
     pub const BROKER_CREDS: &str = "broker.creds";
     pub const SERVER_CONF: &str = "nats-server.conf";
+    /// The registry's master key every pod of the cluster shares.
+    pub const MASTER_KEY: &str = crate::registry::MASTER_KEY_FILE;
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +117,8 @@ pub fn init(o: &InitOptions) -> anyhow::Result<Made> {
         files::BROKER_CREDS,
         &jwt::creds(&broker_user_jwt, &seed(&broker_user)?),
     )?;
+    let (_, master) = crate::registry::seal::MasterKey::generate()?;
+    private(files::MASTER_KEY, &format!("{master}\n"))?;
     let conf = server_conf(
         &dir,
         o,

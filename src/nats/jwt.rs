@@ -5,6 +5,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use nkeys::KeyPair;
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::auth::now_secs;
@@ -101,6 +103,10 @@ pub struct Account {
     pub limits: AccountLimits,
     pub signing_keys: Vec<String>,
     pub default_permissions: Permissions,
+    /// Users (public keys) whose JWTs issued at or before the time are refused,
+    /// and whose live connections nats-server cuts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revocations: BTreeMap<String, u64>,
     #[serde(rename = "type")]
     pub kind: String,
     pub version: u8,
@@ -139,8 +145,20 @@ pub fn encode<N: Serialize>(
     name: &str,
     nats: N,
 ) -> Result<String, JwtError> {
+    encode_at(issuer, subject, name, nats, now_secs())
+}
+
+/// [`encode`] with an explicit issue time (an account update must never
+/// carry an older one than the JWT it replaces: NATS.md, trap 2).
+pub fn encode_at<N: Serialize>(
+    issuer: &KeyPair,
+    subject: &str,
+    name: &str,
+    nats: N,
+    iat: u64,
+) -> Result<String, JwtError> {
     let claims = Claims {
-        iat: now_secs(),
+        iat,
         iss: issuer.public_key(),
         jti: jti(),
         name: name.to_owned(),
@@ -212,6 +230,7 @@ pub fn account(
             limits: AccountLimits::unlimited(jetstream),
             signing_keys,
             default_permissions: Permissions::default(),
+            revocations: BTreeMap::new(),
             kind: "account".into(),
             version: 2,
         },

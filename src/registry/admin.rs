@@ -235,6 +235,7 @@ impl Registry {
             key::usernames(org),
             key::audits(org),
             key::revocations(org),
+            key::publishers(org),
         ] {
             for e in self.store.list(&prefix).await? {
                 self.store.delete(&e.key).await?;

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -24,9 +25,14 @@ const WATCH_BUFFER: usize = 1024;
 const REWATCH_PAUSE: Duration = Duration::from_millis(200);
 /// A listing that takes longer than this is reported as a failure.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Entries fetched per round trip when listing.
+const LIST_BATCH: usize = 1000;
+/// How long a listing waits for entries it was promised but that never came.
+const LIST_WAIT: Duration = Duration::from_millis(250);
+/// The server drops a reader nobody pulls from for this long.
+const READER_IDLE: Duration = Duration::from_secs(30);
 
 pub struct JetStreamKv {
-    client: async_nats::Client,
     kv: kv::Store,
     changes: broadcast::Sender<Change>,
     stop: CancellationToken,
@@ -50,7 +56,7 @@ impl JetStreamKv {
     /// Opens the bucket `bucket` (made if missing) over `client`, and starts
     /// following its changes.
     pub async fn open(client: async_nats::Client, bucket: &str) -> Result<JetStreamKv, StoreError> {
-        let js = jetstream::new(client.clone());
+        let js = jetstream::new(client);
         js.get_or_create_stream(stream::Config {
             name: format!("KV_{bucket}"),
             subjects: vec![format!("$KV.{bucket}.>")],
@@ -81,45 +87,78 @@ impl JetStreamKv {
             .state
             .last_sequence;
         tokio::spawn(follow(kv.clone(), changes.clone(), from + 1, stop.clone()));
-        Ok(JetStreamKv {
-            client,
-            kv,
-            changes,
-            stop,
-        })
+        Ok(JetStreamKv { kv, changes, stop })
     }
 }
 
-/// Forwards every change from revision `from` on; a lost watch starts again
+/// The change a bucket message records (its key without the bucket prefix).
+fn change_of(prefix: &str, message: &async_nats::Message, revision: Revision) -> Option<Change> {
+    let key = message.subject.strip_prefix(prefix)?.to_owned();
+    let deleted = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("KV-Operation"))
+        .is_some_and(|op| op.as_str() != "PUT");
+    Some(if deleted {
+        Change::Delete { key, revision }
+    } else {
+        Change::Put(Entry {
+            key,
+            value: message.payload.clone(),
+            revision,
+        })
+    })
+}
+
+/// A pull consumer over the bucket's messages under `filter`. Pull, not
+/// push: a push consumer delivers before its subscriber exists and loses
+/// what it sent then until a heartbeat notices.
+async fn reader(
+    kv: &kv::Store,
+    filter: String,
+    deliver_policy: jetstream::consumer::DeliverPolicy,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, StoreError> {
+    kv.stream
+        .create_consumer(pull::Config {
+            filter_subject: filter,
+            deliver_policy,
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            // Forgotten by the server if this pod goes away without deleting it.
+            inactive_threshold: READER_IDLE,
+            memory_storage: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(unavailable)
+}
+
+/// Forwards every change from revision `from` on; a lost reader starts again
 /// after the last revision it forwarded, so none is skipped or repeated.
 async fn follow(kv: kv::Store, changes: broadcast::Sender<Change>, mut from: u64, stop: CancellationToken) {
+    let filter = format!("{}>", kv.prefix);
     loop {
-        let watch = tokio::select! {
+        let policy = jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: from };
+        let messages = tokio::select! {
             _ = stop.cancelled() => return,
-            w = kv.watch_all_from_revision(from) => w,
+            consumer = reader(&kv, filter.clone(), policy) => match consumer {
+                Ok(c) => c.messages().await.map_err(unavailable),
+                Err(e) => Err(e),
+            },
         };
-        match watch {
-            Ok(mut watch) => loop {
+        match messages {
+            Ok(mut messages) => loop {
                 let next = tokio::select! {
                     _ = stop.cancelled() => return,
-                    next = watch.next() => next,
+                    next = messages.next() => next,
                 };
                 match next {
-                    Some(Ok(e)) => {
-                        from = e.revision + 1;
-                        let change = if is_put(e.operation) {
-                            Change::Put(Entry {
-                                key: e.key,
-                                value: e.value,
-                                revision: e.revision,
-                            })
-                        } else {
-                            Change::Delete {
-                                key: e.key,
-                                revision: e.revision,
-                            }
-                        };
-                        let _ = changes.send(change);
+                    Some(Ok(message)) => {
+                        let Ok(info) = message.info() else { continue };
+                        let revision = info.stream_sequence;
+                        from = revision + 1;
+                        if let Some(change) = change_of(&kv.prefix, &message, revision) {
+                            let _ = changes.send(change);
+                        }
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "registry watch failed; watching again");
@@ -133,6 +172,48 @@ async fn follow(kv: kv::Store, changes: broadcast::Sender<Change>, mut from: u64
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(REWATCH_PAUSE) => {}
+        }
+    }
+}
+
+impl JetStreamKv {
+    /// Everything `consumer` had pending when it was made, as entries. Its
+    /// pending count is a hint, not a promise: a key rewritten meanwhile
+    /// loses the message it counted, so a batch that brings nothing ends it too.
+    async fn read_all(
+        &self,
+        consumer: &mut jetstream::consumer::Consumer<pull::Config>,
+    ) -> Result<Vec<Change>, StoreError> {
+        let mut out = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(out);
+        }
+        let deadline = tokio::time::Instant::now() + LIST_TIMEOUT;
+        loop {
+            let mut batch = consumer
+                .batch()
+                .max_messages(LIST_BATCH)
+                .expires(LIST_WAIT)
+                .messages()
+                .await
+                .map_err(unavailable)?;
+            let mut got = 0;
+            while let Some(message) = tokio::time::timeout_at(deadline, batch.next())
+                .await
+                .map_err(|_| unavailable("listing the registry took too long"))?
+            {
+                let message = message.map_err(unavailable)?;
+                let info = message.info().map_err(unavailable)?;
+                let (revision, left) = (info.stream_sequence, info.pending);
+                got += 1;
+                out.extend(change_of(&self.kv.prefix, &message, revision));
+                if left == 0 {
+                    return Ok(out);
+                }
+            }
+            if got == 0 {
+                return Ok(out);
+            }
         }
     }
 }
@@ -208,49 +289,36 @@ impl Store for JetStreamKv {
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>> {
         Box::pin(async move {
             check_key(prefix)?;
-            // The newest message of every key under the prefix, read once by
-            // an ordered consumer that stops when nothing is pending.
-            let consumer = self
-                .kv
-                .stream
-                .create_consumer(jetstream::consumer::push::OrderedConfig {
-                    deliver_subject: self.client.new_inbox(),
-                    filter_subject: format!("{}{prefix}.>", self.kv.prefix),
-                    deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
-                    replay_policy: jetstream::consumer::ReplayPolicy::Instant,
-                    ..Default::default()
+            // The newest message of every key under the prefix, read once.
+            let mut consumer = reader(
+                &self.kv,
+                format!("{}{prefix}.>", self.kv.prefix),
+                jetstream::consumer::DeliverPolicy::LastPerSubject,
+            )
+            .await?;
+            let listed = self.read_all(&mut consumer).await;
+            let name = consumer.cached_info().name.clone();
+            // Best effort: the server forgets it when idle anyway.
+            let _ = self.kv.stream.delete_consumer(&name).await;
+            // A key written while it was read comes twice: the newest wins.
+            let mut newest = std::collections::BTreeMap::new();
+            for change in listed? {
+                let revision = match &change {
+                    Change::Put(e) => e.revision,
+                    Change::Delete { revision, .. } => *revision,
+                };
+                let key = change.key().to_owned();
+                if newest.get(&key).is_none_or(|(r, _)| *r < revision) {
+                    newest.insert(key, (revision, change));
+                }
+            }
+            Ok(newest
+                .into_values()
+                .filter_map(|(_, change)| match change {
+                    Change::Put(entry) => Some(entry),
+                    Change::Delete { .. } => None,
                 })
-                .await
-                .map_err(unavailable)?;
-            let mut out = Vec::new();
-            if consumer.cached_info().num_pending == 0 {
-                return Ok(out);
-            }
-            let mut messages = consumer.messages().await.map_err(unavailable)?;
-            let deadline = tokio::time::Instant::now() + LIST_TIMEOUT;
-            while let Ok(Some(message)) = tokio::time::timeout_at(deadline, messages.next()).await {
-                let message = message.map_err(unavailable)?;
-                let info = message.info().map_err(unavailable)?;
-                let pending = info.pending;
-                let revision = info.stream_sequence;
-                let deleted = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("KV-Operation"))
-                    .is_some_and(|op| op.as_str() != "PUT");
-                if !deleted && let Some(key) = message.subject.strip_prefix(self.kv.prefix.as_str()) {
-                    out.push(Entry {
-                        key: key.to_owned(),
-                        value: message.payload.clone(),
-                        revision,
-                    });
-                }
-                if pending == 0 {
-                    out.sort_by(|a, b| a.key.cmp(&b.key));
-                    return Ok(out);
-                }
-            }
-            Err(unavailable(format!("listing {prefix} did not finish")))
+                .collect())
         })
     }
 

@@ -145,6 +145,29 @@ impl Registry {
         Ok(Self::open(Arc::new(store), master).await?)
     }
 
+    /// Opens the registry of a cluster: the JetStream bucket every pod
+    /// shares, sealed with the master key every pod holds (never made here:
+    /// a pod with a key of its own would lock the others out).
+    pub async fn open_cluster(
+        broker: async_nats::Client,
+        master: &MasterSource,
+    ) -> anyhow::Result<Arc<Registry>> {
+        use anyhow::Context;
+        let master = match master {
+            MasterSource::Text(text) => MasterKey::parse(text).context("SWITCHBOARD_MASTER_KEY")?,
+            MasterSource::File(path) => MasterKey::load(path).with_context(|| {
+                format!(
+                    "cluster mode needs the master key every pod shares: {} (made by `switchboard nats init`) or SWITCHBOARD_MASTER_KEY",
+                    path.display()
+                )
+            })?,
+        };
+        let store = jetstream::JetStreamKv::open(broker, jetstream::BUCKET)
+            .await
+            .context("cannot open the registry in NATS")?;
+        Ok(Self::open(Arc::new(store), master).await?)
+    }
+
     /// Opens the registry in `store`: checks the master key against the one
     /// the store was sealed with, migrates the layout, loads every org.
     pub async fn open(store: Arc<dyn Store>, master: MasterKey) -> Result<Arc<Registry>, RegistryError> {
@@ -183,6 +206,16 @@ impl Registry {
         });
         registry.reload_all().await?;
         Ok(registry)
+    }
+
+    /// The store under the registry, for documents other modules own
+    /// (the NATS accounts of cluster mode).
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub(crate) fn master(&self) -> &MasterKey {
+        &self.master
     }
 
     /// Marks a single-use ticket used, on every pod that shares the store:

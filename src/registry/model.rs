@@ -57,6 +57,17 @@ pub mod key {
             super::super::store::token(id)
         )
     }
+    /// The org's NATS account (cluster mode).
+    pub fn account(org: &OrgId) -> String {
+        format!("accounts.{org}")
+    }
+    pub const ACCOUNTS: &str = "accounts";
+    pub fn publishers(org: &OrgId) -> String {
+        format!("publishers.{org}")
+    }
+    pub fn publisher(org: &OrgId, name: &str) -> String {
+        format!("publishers.{org}.{}", super::super::store::token(name))
+    }
     /// A single-use ticket that was used.
     pub fn used_ticket(org: &OrgId, id: &str) -> String {
         format!("used.{org}.{}", super::super::store::token(id))
@@ -259,4 +270,37 @@ mod tests {
             "time order"
         );
     }
+}
+
+/// An org's NATS account (cluster mode), made by whichever pod used the org
+/// first; every pod connects to it as users its signing key mints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccountDoc {
+    /// The account's public key (`A…`).
+    pub account: String,
+    /// The account's signing key: public, and its seed sealed.
+    pub signing_key: String,
+    pub signing_seed: String,
+    /// The account JWT as last pushed, and its issue time.
+    pub jwt: String,
+    pub iat: u64,
+    /// Revoked users (public key → revocation time).
+    #[serde(default)]
+    pub revocations: std::collections::BTreeMap<String, u64>,
+    /// Its org was deleted: no signing key, no connections.
+    #[serde(default)]
+    pub retired: bool,
+}
+
+/// A publisher: a NATS user of the org's account that may only publish on
+/// the org's publisher subjects. Its seed is handed out once, never kept.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PublisherDoc {
+    pub name: String,
+    /// The NATS user's public key (`U…`).
+    pub user: String,
+    /// Channel patterns it may publish on (empty: every channel).
+    pub channels: Vec<String>,
+    /// Unix seconds.
+    pub created_at: u64,
 }

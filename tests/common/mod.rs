@@ -85,6 +85,17 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
+    /// A pod in cluster mode on `nats` (`nats init` output, master key included).
+    pub async fn start_cluster(nats: &nats::Nats, edit: impl FnOnce(&mut FileConfig)) -> TestServer {
+        let (url, dir) = (nats.url.clone(), nats.dir.clone());
+        Self::start_with(move |file| {
+            file.nats.url = Some(url);
+            file.nats.dir = Some(dir);
+            edit(file);
+        })
+        .await
+    }
+
     pub async fn start_with(edit: impl FnOnce(&mut FileConfig)) -> TestServer {
         let data = std::sync::Arc::new(tempfile::tempdir().expect("a temp dir"));
         Self::start_in(data, edit).await
@@ -171,6 +182,30 @@ impl TestServer {
                 .unwrap();
         }
     }
+}
+
+/// One HTTP call; the answer's status and JSON body (null if none).
+pub async fn call(
+    server: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> (reqwest::StatusCode, Value) {
+    let mut req = reqwest::Client::new().request(method, server.url(path));
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = tokio::time::timeout(PATIENCE, req.send())
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// A client token for `org` (signed with its secret), valid for an hour.

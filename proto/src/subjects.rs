@@ -1,0 +1,45 @@
+//! The NATS subjects of cluster mode, inside an org's own account (so no
+//! org id appears in them: the account is the tenant boundary).
+//! Defined here only, so the broker, its tests and publishers agree.
+
+use crate::channel::{ChannelName, ChannelPattern};
+
+/// Where publishers on NATS send a channel's events: `pub.<channel>`.
+pub const PUBLISH_PREFIX: &str = "pub.";
+/// Every publisher subject, as the broker subscribes to them.
+pub const PUBLISH_ALL: &str = "pub.>";
+
+/// The subject a publisher sends `channel`'s events to.
+pub fn publish(channel: &ChannelName) -> String {
+    format!("{PUBLISH_PREFIX}{channel}")
+}
+
+/// The subjects a publisher granted `pattern` may publish to (channel
+/// patterns are NATS wildcards already: `*` one token, `>` the rest).
+pub fn publish_grant(pattern: &ChannelPattern) -> String {
+    format!("{PUBLISH_PREFIX}{pattern}")
+}
+
+/// The channel a publisher subject names, if it names a valid one.
+pub fn published_channel(subject: &str) -> Option<ChannelName> {
+    subject
+        .strip_prefix(PUBLISH_PREFIX)
+        .and_then(|c| ChannelName::new(c).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_round_trip() {
+        let chat = ChannelName::new("chat.42").unwrap();
+        assert_eq!(publish(&chat), "pub.chat.42");
+        assert_eq!(published_channel("pub.chat.42"), Some(chat));
+        assert_eq!(published_channel("pub."), None);
+        assert_eq!(published_channel("live.chat"), None);
+        assert_eq!(published_channel("pub.a b"), None);
+        let p = ChannelPattern::new("chat.*").unwrap();
+        assert_eq!(publish_grant(&p), "pub.chat.*");
+    }
+}

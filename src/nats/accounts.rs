@@ -1,0 +1,446 @@
+//! The per-org account pool of cluster mode: one NATS account per org, so
+//! NATS itself keeps orgs apart. [`Accounts::open`] is the one provisioning
+//! path: on an org's first use it makes the account (or adopts the one
+//! another pod made: the registry's create-if-absent decides), pushes it to
+//! nats-server and opens this pod's connection as a user the account's
+//! signing key mints. Concurrent first uses on a pod wait for one another;
+//! account updates go through the registry with compare-and-swap and are
+//! pushed until nats-server holds the newest (never an older `iat`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use nkeys::KeyPair;
+use parking_lot::Mutex;
+use switchboard_actors::Channels;
+use switchboard_actors::telemetry;
+use switchboard_proto::OrgId;
+use switchboard_proto::subjects;
+use tokio_util::sync::CancellationToken;
+
+use super::cluster::Cluster;
+use super::jwt;
+use crate::auth::now_secs;
+use crate::registry::model::{AccountDoc, key};
+use crate::registry::store::{Change, Revision, StoreError};
+use crate::registry::{Registry, RegistryError, decode, encode};
+
+/// How long a push to nats-server or a connection attempt may take.
+const NATS_TIMEOUT: Duration = Duration::from_secs(5);
+/// A pushed account that another pod replaced meanwhile is pushed again, at most this often.
+const MAX_REPUSHES: usize = 10;
+/// An org connection that cannot get back to NATS gives up after this many
+/// attempts (a revoked account would retry forever: NATS.md, trap 9); the
+/// pool opens a fresh one on the next use.
+const ORG_RECONNECTS: usize = 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("nats-server refused the account of org {org}: {detail}")]
+    Refused { org: OrgId, detail: String },
+}
+
+impl From<StoreError> for AccountError {
+    fn from(e: StoreError) -> Self {
+        AccountError::Registry(e.into())
+    }
+}
+
+fn nats_error(what: &str, e: impl std::fmt::Display) -> AccountError {
+    AccountError::Nats(format!("{what}: {e}"))
+}
+
+/// This pod's open connection into one org's account.
+struct OrgConn {
+    client: async_nats::Client,
+    /// Set when the client gave up reconnecting.
+    closed: Arc<AtomicBool>,
+    /// Reads the org's publisher events.
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for OrgConn {
+    fn drop(&mut self) {
+        self.reader.abort();
+        gauge!(telemetry::NATS_ORG_CONNECTIONS).decrement(1.0);
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Held while the connection is opened: concurrent first uses wait here.
+    conn: tokio::sync::Mutex<Option<OrgConn>>,
+    /// Milliseconds since the pool started, at the last use.
+    last_used: AtomicU64,
+}
+
+pub struct Accounts {
+    cluster: Arc<Cluster>,
+    registry: Arc<Registry>,
+    /// Where publisher events go (this pod's channels).
+    channels: Arc<Channels>,
+    /// Largest publisher event taken (the client frame limit).
+    max_event_bytes: usize,
+    slots: Mutex<HashMap<OrgId, Arc<Slot>>>,
+    started: tokio::time::Instant,
+}
+
+impl Accounts {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        registry: Arc<Registry>,
+        channels: Arc<Channels>,
+        max_event_bytes: usize,
+    ) -> Arc<Accounts> {
+        Arc::new(Accounts {
+            cluster,
+            registry,
+            channels,
+            max_event_bytes,
+            slots: Mutex::new(HashMap::new()),
+            started: tokio::time::Instant::now(),
+        })
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Orgs with a connection open on this pod.
+    pub fn open_orgs(&self) -> usize {
+        self.slots.lock().len()
+    }
+
+    /// This pod's connection into `org`'s account, made (account included)
+    /// on first use.
+    pub async fn open(&self, org: &OrgId) -> Result<async_nats::Client, AccountError> {
+        let slot = self.slots.lock().entry(org.clone()).or_default().clone();
+        slot.last_used.store(self.now_ms(), Ordering::Relaxed);
+        let mut conn = slot.conn.lock().await;
+        if let Some(c) = conn.as_ref() {
+            if !c.closed.load(Ordering::Acquire) {
+                return Ok(c.client.clone());
+            }
+            *conn = None;
+        }
+        let started = tokio::time::Instant::now();
+        let (doc, revision, made) = self.record(org).await?;
+        let doc = if made {
+            self.push_newest(org, doc, revision).await?
+        } else {
+            doc
+        };
+        let opened = match self.connect(org, &doc).await {
+            Ok(c) => c,
+            // nats-server may not know the account (a fresh server, a lost
+            // resolver directory): push what the registry holds and retry.
+            Err(first) if !made => {
+                tracing::info!(org = %org, error = %first, "org account not on the NATS server; pushing it again");
+                let doc = self.push_newest(org, doc, revision).await?;
+                self.connect(org, &doc).await?
+            }
+            Err(e) => return Err(e),
+        };
+        let client = opened.client.clone();
+        gauge!(telemetry::NATS_ORG_CONNECTIONS).increment(1.0);
+        histogram!(telemetry::NATS_ORG_OPEN_SECONDS).record(started.elapsed().as_secs_f64());
+        *conn = Some(opened);
+        Ok(client)
+    }
+
+    /// The org's account record, made if it has none (or a retired one).
+    /// True if this call made it.
+    pub(crate) async fn record(&self, org: &OrgId) -> Result<(AccountDoc, Revision, bool), AccountError> {
+        let store = self.registry.store();
+        let key = key::account(org);
+        loop {
+            let current = store.get(&key).await?;
+            if let Some(e) = &current {
+                let doc: AccountDoc = decode(e)?;
+                if !doc.retired {
+                    return Ok((doc, e.revision, false));
+                }
+            }
+            let doc = self.new_account(org)?;
+            let written = match &current {
+                None => store.create(&key, encode(&doc)).await,
+                Some(e) => store.update(&key, encode(&doc), e.revision).await,
+            };
+            match written {
+                Ok(revision) => {
+                    counter!(telemetry::NATS_ACCOUNTS_MADE).increment(1);
+                    tracing::info!(org = %org, account = %doc.account, "made the org's NATS account");
+                    return Ok((doc, revision, true));
+                }
+                // Another pod came first: adopt its account.
+                Err(StoreError::Exists | StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn new_account(&self, org: &OrgId) -> Result<AccountDoc, AccountError> {
+        let account = KeyPair::new_account();
+        let signing = KeyPair::new_account();
+        let seed = signing
+            .seed()
+            .map_err(|e| nats_error("a new key has no seed", e))?;
+        let mut doc = AccountDoc {
+            account: account.public_key(),
+            signing_key: signing.public_key(),
+            signing_seed: self
+                .registry
+                .master()
+                .seal(seed.as_bytes())
+                .map_err(RegistryError::from)?,
+            jwt: String::new(),
+            iat: 0,
+            revocations: Default::default(),
+            retired: false,
+        };
+        self.mint(org, &mut doc)?;
+        Ok(doc)
+    }
+
+    /// Signs `doc`'s claims into `doc.jwt`, never with an older `iat` than
+    /// the JWT it replaces, and checks the result against the operator.
+    fn mint(&self, org: &OrgId, doc: &mut AccountDoc) -> Result<(), AccountError> {
+        let mut limits = jwt::AccountLimits::unlimited(true);
+        let signing_keys = if doc.retired {
+            // No signing key: every user it issued is cut off; no connection at all.
+            limits.conn = 0;
+            limits.leaf = 0;
+            vec![]
+        } else {
+            vec![doc.signing_key.clone()]
+        };
+        let claims = jwt::Account {
+            limits,
+            signing_keys,
+            default_permissions: jwt::Permissions::default(),
+            revocations: doc.revocations.clone(),
+            kind: "account".into(),
+            version: 2,
+        };
+        doc.iat = now_secs().max(doc.iat);
+        let signing = &self.cluster.operator.signing;
+        doc.jwt = jwt::encode_at(signing, &doc.account, org.as_str(), claims, doc.iat)
+            .map_err(|e| nats_error("cannot sign the account", e))?;
+        // nats-server would take claims signed by an unknown key and fail later (NATS.md, trap 1).
+        jwt::verify::<jwt::Account>(&doc.jwt, &signing.public_key())
+            .map_err(|e| nats_error("the account JWT does not verify", e))?;
+        Ok(())
+    }
+
+    /// Pushes `doc` to nats-server, then again whatever replaced it in the
+    /// registry meanwhile, so the last push always carries the newest claims.
+    async fn push_newest(
+        &self,
+        org: &OrgId,
+        mut doc: AccountDoc,
+        mut revision: Revision,
+    ) -> Result<AccountDoc, AccountError> {
+        let key = key::account(org);
+        for _ in 0..MAX_REPUSHES {
+            self.push(org, &doc.jwt).await?;
+            match self.registry.store().get(&key).await? {
+                Some(e) if e.revision != revision => {
+                    doc = decode(&e)?;
+                    revision = e.revision;
+                }
+                _ => return Ok(doc),
+            }
+        }
+        Err(nats_error(
+            "pushing the account",
+            format!("org {org}'s account kept changing"),
+        ))
+    }
+
+    async fn push(&self, org: &OrgId, account_jwt: &str) -> Result<(), AccountError> {
+        let reply = tokio::time::timeout(
+            NATS_TIMEOUT,
+            self.cluster
+                .sys
+                .request("$SYS.REQ.CLAIMS.UPDATE", account_jwt.to_owned().into()),
+        )
+        .await
+        .map_err(|_| nats_error("pushing the account", "no reply"))?
+        .map_err(|e| nats_error("pushing the account", e))?;
+        let body: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+        if body["data"]["code"] == 200 {
+            Ok(())
+        } else {
+            Err(AccountError::Refused {
+                org: org.clone(),
+                detail: String::from_utf8_lossy(&reply.payload).into_owned(),
+            })
+        }
+    }
+
+    /// The account's signing key, unsealed.
+    pub(crate) fn signing_key(&self, doc: &AccountDoc) -> Result<KeyPair, AccountError> {
+        let seed = self
+            .registry
+            .master()
+            .open(&doc.signing_seed)
+            .map_err(RegistryError::from)?;
+        let seed = String::from_utf8(seed).map_err(|e| nats_error("the signing seed", e))?;
+        KeyPair::from_seed(&seed).map_err(|e| nats_error("the signing seed", e))
+    }
+
+    /// Connects as a fresh server user of the org's account and starts
+    /// reading its publisher subjects.
+    async fn connect(&self, org: &OrgId, doc: &AccountDoc) -> Result<OrgConn, AccountError> {
+        let signing = self.signing_key(doc)?;
+        let user = Arc::new(KeyPair::new_user());
+        let user_jwt = jwt::user(
+            &signing,
+            Some(&doc.account),
+            &user.public_key(),
+            "switchboard",
+            jwt::Permissions::default(),
+        )
+        .map_err(|e| nats_error("cannot sign the server user", e))?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let gave_up = closed.clone();
+        let client = async_nats::ConnectOptions::with_jwt(user_jwt, move |nonce| {
+            let user = user.clone();
+            async move { user.sign(&nonce).map_err(async_nats::AuthError::new) }
+        })
+        .name(format!("switchboard {org}"))
+        .connection_timeout(NATS_TIMEOUT)
+        .max_reconnects(ORG_RECONNECTS)
+        .event_callback(move |event| {
+            let gave_up = gave_up.clone();
+            async move {
+                if matches!(
+                    event,
+                    async_nats::Event::Closed
+                        | async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects)
+                ) {
+                    gave_up.store(true, Ordering::Release);
+                }
+            }
+        })
+        .connect(&self.cluster.settings.url)
+        .await
+        .map_err(|e| nats_error(&format!("cannot connect to org {org}'s account"), e))?;
+        let events = client
+            .subscribe(subjects::PUBLISH_ALL)
+            .await
+            .map_err(|e| nats_error("cannot subscribe to publisher events", e))?;
+        // A round trip, so the subscription is live on the server before
+        // anyone is told the org is open (NATS.md, trap 7).
+        let _ = tokio::time::timeout(NATS_TIMEOUT, client.request("_SB.PING", "".into())).await;
+        let reader = tokio::spawn(super::publishers::read_events(
+            org.clone(),
+            events,
+            self.channels.clone(),
+            self.max_event_bytes,
+        ));
+        Ok(OrgConn {
+            client,
+            closed,
+            reader,
+        })
+    }
+
+    /// Changes the org's account (a revocation, retirement) in the registry
+    /// with compare-and-swap, and pushes the result.
+    pub(crate) async fn update(
+        &self,
+        org: &OrgId,
+        mut change: impl FnMut(&mut AccountDoc),
+    ) -> Result<AccountDoc, AccountError> {
+        let store = self.registry.store();
+        let key = key::account(org);
+        loop {
+            let (mut doc, revision, _) = self.record(org).await?;
+            change(&mut doc);
+            self.mint(org, &mut doc)?;
+            match store.update(&key, encode(&doc), revision).await {
+                Ok(revision) => return self.push_newest(org, doc, revision).await,
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Retires the org's account: nats-server cuts every connection in it
+    /// (every pod's, every publisher's) and takes no new one. A later org
+    /// of the same id gets a new account.
+    pub async fn retire(&self, org: &OrgId) -> Result<(), AccountError> {
+        let store = self.registry.store();
+        let key = key::account(org);
+        let Some(entry) = store.get(&key).await? else {
+            return Ok(());
+        };
+        let mut doc: AccountDoc = decode(&entry)?;
+        if !doc.retired {
+            doc.retired = true;
+            self.mint(org, &mut doc)?;
+            match store.update(&key, encode(&doc), entry.revision).await {
+                Ok(revision) => {
+                    self.push_newest(org, doc, revision).await?;
+                }
+                // Changed meanwhile: retire what is there now.
+                Err(StoreError::Conflict) => return Box::pin(self.retire(org)).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        store.delete(&key).await?;
+        self.slots.lock().remove(org);
+        tracing::info!(org = %org, "retired the org's NATS account");
+        Ok(())
+    }
+
+    /// Closes idle orgs' connections and drops those whose account went
+    /// away on another pod, until `cancel`. `active` says whether an org
+    /// has clients on this pod.
+    pub async fn run(
+        self: Arc<Self>,
+        idle: Duration,
+        active: impl Fn(&OrgId) -> bool + Send + 'static,
+        cancel: CancellationToken,
+    ) {
+        let mut changes = self.registry.store().watch();
+        let mut sweep =
+            tokio::time::interval((idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30)));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = sweep.tick() => self.close_idle(idle, &active),
+                change = changes.recv() => {
+                    if let Ok(Change::Delete { key, .. }) = change
+                        && let Some(org) = key.strip_prefix("accounts.").and_then(|o| OrgId::new(o).ok())
+                    {
+                        self.slots.lock().remove(&org);
+                    }
+                }
+            }
+        }
+        self.slots.lock().clear();
+    }
+
+    fn close_idle(&self, idle: Duration, active: &impl Fn(&OrgId) -> bool) {
+        let now = self.now_ms();
+        let idle_ms = idle.as_millis() as u64;
+        self.slots.lock().retain(|org, slot| {
+            let fresh = now.saturating_sub(slot.last_used.load(Ordering::Relaxed)) < idle_ms;
+            // A slot being opened right now is kept: its opener holds the lock.
+            fresh || active(org) || slot.conn.try_lock().is_err()
+        });
+    }
+}
