@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with the Rust toolchain:
 # installs what the tests need (nats-server from Debian's packages,
-# schemathesis from PyPI), then
+# schemathesis, nats-py and nkeys from PyPI), then
 # checks formatting and lints and runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,11 @@ if ! command -v st >/dev/null 2>&1; then
   python3 -m pip install -q --disable-pip-version-check schemathesis
 fi
 command -v st >/dev/null 2>&1 || { echo "schemathesis installed, but 'st' is not on PATH" >&2; exit 1; }
+# nats-py publishes as a non-Rust backend would (tests/cluster.rs).
+if ! python3 -c "import nats, nkeys" >/dev/null 2>&1; then
+  echo "installing: nats-py nkeys"
+  python3 -m pip install -q --disable-pip-version-check nats-py nkeys
+fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done

@@ -512,3 +512,84 @@ async fn publisher_requests_are_checked() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn a_python_publisher_reaches_websocket_subscribers_on_two_pods() {
+    let nats = Nats::start().await;
+    let (a, b) = two_pods(&nats).await;
+    let mut on_a = Client::connect_all(&a, "acme").await;
+    let mut on_b = Client::connect_all(&b, "acme").await;
+    on_a.subscribe(1, "chat.py").await;
+    on_b.subscribe(1, "chat.py").await;
+    let made = create_publisher(&b, "acme", json!({"name": "python", "channels": ["chat.*"]})).await;
+    let creds = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(creds.path(), made["creds"].as_str().unwrap()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/nats_publisher.py");
+    let out = tokio::time::timeout(
+        PATIENCE,
+        tokio::process::Command::new("python3")
+            .args([script, "--url", &nats.url, "--creds"])
+            .arg(creds.path())
+            .args(["--channel", "chat.py", "--count", "3"])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .expect("python3 runs (scripts/test.sh installs nats-py)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for client in [&mut on_a, &mut on_b] {
+        let mut last = 0;
+        for n in 0..3 {
+            let (offset, data) = client.message().await;
+            assert_eq!(data, json!({"n": n, "from": "nats-py"}));
+            assert!(offset > last, "offsets grow");
+            last = offset;
+        }
+    }
+}
+
+/// Runs `switchboard serve` with `args`; it must stop on its own, failing,
+/// with a message containing `says`.
+async fn refuses_to_start(args: &[&str], says: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        PATIENCE * 2,
+        tokio::process::Command::new(common::process::BIN)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(dir.path())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("serve {args:?} did not stop"))
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve {args:?} started");
+    assert!(stderr.contains(says), "serve {args:?} said {stderr:?}, not {says:?}");
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_reach_nats_says_why_and_stops() {
+    let nats = Nats::start().await;
+    let dir = nats.dir.to_str().unwrap();
+    let closed = format!("nats://127.0.0.1:{}", common::nats::free_port());
+    refuses_to_start(&["--nats-url", &closed, "--nats-dir", dir], "cannot connect to NATS").await;
+    refuses_to_start(&["--nats-url", "http://127.0.0.1:4222", "--nats-dir", dir], "not a NATS URL").await;
+    refuses_to_start(&["--nats-url", &nats.url, "--nats-dir", "/nonexistent"], "does not exist").await;
+    refuses_to_start(&["--nats-url", &nats.url], "--nats-dir").await;
+    // A directory that lost a file, and one whose creds belong to another operator.
+    let broken = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&nats.dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() && !path.ends_with("sys.creds") {
+            std::fs::copy(&path, broken.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let broken = broken.path().to_str().unwrap();
+    refuses_to_start(&["--nats-url", &nats.url, "--nats-dir", broken], "sys.creds").await;
+    let other = Nats::start().await;
+    std::fs::copy(other.dir.join("sys.creds"), std::path::Path::new(broken).join("sys.creds")).unwrap();
+    refuses_to_start(&["--nats-url", &nats.url, "--nats-dir", broken], "cannot connect to NATS").await;
+}
