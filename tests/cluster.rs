@@ -567,7 +567,10 @@ async fn refuses_to_start(args: &[&str], says: &str) {
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "serve {args:?} started");
-    assert!(stderr.contains(says), "serve {args:?} said {stderr:?}, not {says:?}");
+    assert!(
+        stderr.contains(says),
+        "serve {args:?} said {stderr:?}, not {says:?}"
+    );
 }
 
 #[tokio::test]
@@ -575,9 +578,21 @@ async fn a_pod_that_cannot_reach_nats_says_why_and_stops() {
     let nats = Nats::start().await;
     let dir = nats.dir.to_str().unwrap();
     let closed = format!("nats://127.0.0.1:{}", common::nats::free_port());
-    refuses_to_start(&["--nats-url", &closed, "--nats-dir", dir], "cannot connect to NATS").await;
-    refuses_to_start(&["--nats-url", "http://127.0.0.1:4222", "--nats-dir", dir], "not a NATS URL").await;
-    refuses_to_start(&["--nats-url", &nats.url, "--nats-dir", "/nonexistent"], "does not exist").await;
+    refuses_to_start(
+        &["--nats-url", &closed, "--nats-dir", dir],
+        "cannot connect to NATS",
+    )
+    .await;
+    refuses_to_start(
+        &["--nats-url", "http://127.0.0.1:4222", "--nats-dir", dir],
+        "not a NATS URL",
+    )
+    .await;
+    refuses_to_start(
+        &["--nats-url", &nats.url, "--nats-dir", "/nonexistent"],
+        "does not exist",
+    )
+    .await;
     refuses_to_start(&["--nats-url", &nats.url], "--nats-dir").await;
     // A directory that lost a file, and one whose creds belong to another operator.
     let broken = tempfile::tempdir().unwrap();
@@ -590,6 +605,14 @@ async fn a_pod_that_cannot_reach_nats_says_why_and_stops() {
     let broken = broken.path().to_str().unwrap();
     refuses_to_start(&["--nats-url", &nats.url, "--nats-dir", broken], "sys.creds").await;
     let other = Nats::start().await;
-    std::fs::copy(other.dir.join("sys.creds"), std::path::Path::new(broken).join("sys.creds")).unwrap();
-    refuses_to_start(&["--nats-url", &nats.url, "--nats-dir", broken], "cannot connect to NATS").await;
+    std::fs::copy(
+        other.dir.join("sys.creds"),
+        std::path::Path::new(broken).join("sys.creds"),
+    )
+    .unwrap();
+    refuses_to_start(
+        &["--nats-url", &nats.url, "--nats-dir", broken],
+        "cannot connect to NATS",
+    )
+    .await;
 }

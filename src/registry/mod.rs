@@ -230,19 +230,36 @@ impl Registry {
         }
     }
 
+    /// Rebuilds every org's view: three listings (orgs, keys,
+    /// revocations) whatever the number of orgs, so a pod with thousands of
+    /// them starts in about the time it takes to read them once.
     async fn reload_all(&self) -> Result<(), RegistryError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let docs = self.store.list(key::ORGS).await?;
-        let mut ids = Vec::new();
+        let mut keys: HashMap<String, Vec<Entry>> = HashMap::new();
+        for entry in self.store.list(key::API_KEYS).await? {
+            if let Some(org) = key::org_of(&entry.key) {
+                keys.entry(org.to_owned()).or_default().push(entry);
+            }
+        }
+        let mut revoked: HashMap<String, Vec<Entry>> = HashMap::new();
+        for entry in self.store.list(key::REVOKED).await? {
+            if let Some(org) = key::org_of(&entry.key) {
+                revoked.entry(org.to_owned()).or_default().push(entry);
+            }
+        }
+        let mut orgs = HashMap::with_capacity(docs.len());
         for entry in &docs {
-            ids.push(decode::<OrgDoc>(entry)?.id);
+            let doc: OrgDoc = decode(entry)?;
+            let id = doc.id.to_string();
+            let record = self.build(
+                &doc,
+                keys.get(&id).map_or(&[][..], Vec::as_slice),
+                revoked.get(&id).map_or(&[][..], Vec::as_slice),
+            )?;
+            orgs.insert(doc.id.clone(), Arc::new(record));
         }
-        let known: Vec<OrgId> = self.orgs.read().keys().cloned().collect();
-        for org in known.into_iter().filter(|o| !ids.contains(o)) {
-            self.reload(&org).await?;
-        }
-        for org in &ids {
-            self.reload(org).await?;
-        }
+        *self.orgs.write() = orgs;
         Ok(())
     }
 
@@ -254,20 +271,25 @@ impl Registry {
             return Ok(());
         };
         let doc: OrgDoc = decode(&entry)?;
-        let mut keys = Vec::new();
-        for entry in self.store.list(&key::api_keys(org)).await? {
-            keys.push(decode::<KeyDoc>(&entry)?);
-        }
-        let mut record = self.record(&doc, &keys)?;
+        let keys = self.store.list(&key::api_keys(org)).await?;
+        let revoked = self.store.list(&key::revocations(org)).await?;
+        let record = self.build(&doc, &keys, &revoked)?;
+        self.orgs.write().insert(org.clone(), Arc::new(record));
+        Ok(())
+    }
+
+    /// An org's view from its document, its keys' and its revocations' entries.
+    fn build(&self, doc: &OrgDoc, keys: &[Entry], revoked: &[Entry]) -> Result<OrgRecord, RegistryError> {
+        let keys = keys.iter().map(decode::<KeyDoc>).collect::<Result<Vec<_>, _>>()?;
+        let mut record = self.record(doc, &keys)?;
         let now = crate::auth::now_secs();
-        for entry in self.store.list(&key::revocations(org)).await? {
-            let revoked: RevocationDoc = decode(&entry)?;
+        for entry in revoked {
+            let revoked: RevocationDoc = decode(entry)?;
             if revoked.until > now {
                 record.revoked.add(&revoked);
             }
         }
-        self.orgs.write().insert(org.clone(), Arc::new(record));
-        Ok(())
+        Ok(record)
     }
 
     /// Forgets what no longer matters: revocations and used single-use

@@ -16,6 +16,8 @@ pub mod key {
     pub const SCHEMA: &str = "meta.schema";
     pub const MASTER_CHECK: &str = "meta.master_check";
     pub const ORGS: &str = "orgs";
+    pub const API_KEYS: &str = "keys";
+    pub const REVOKED: &str = "revoked";
 
     pub fn org(org: &OrgId) -> String {
         format!("orgs.{org}")
