@@ -1,11 +1,15 @@
 //! The cluster registry backend: one JetStream key-value bucket in the
 //! broker's NATS account, shared by every pod. A revision is the bucket
-//! stream's sequence (one counter for all keys, as the trait asks); a
-//! watcher on every pod turns the bucket's changes into [`Change`]s.
+//! stream's sequence (one counter for all keys, as the trait asks). Each pod
+//! reads the bucket once at start, then follows it: every change becomes a
+//! [`Change`] for watchers and lands in an in-memory copy
+//! ([`super::mirror`]) that listings read; single keys and every write go
+//! to nats-server.
 //!
 //! The bucket's stream is made here rather than by `create_key_value`:
 //! async-nats 0.51 cannot parse nats-server 2.9's reply to that call.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull;
@@ -15,6 +19,7 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::mirror::{Mirror, keeps};
 use super::store::{BoxFuture, Change, Entry, Revision, Store, StoreError, check_key};
 
 /// The registry's bucket in the broker account.
@@ -33,7 +38,9 @@ const LIST_WAIT: Duration = Duration::from_millis(250);
 const READER_IDLE: Duration = Duration::from_secs(30);
 
 pub struct JetStreamKv {
+    js: jetstream::Context,
     kv: kv::Store,
+    mirror: Arc<Mirror>,
     changes: broadcast::Sender<Change>,
     stop: CancellationToken,
 }
@@ -78,7 +85,16 @@ impl JetStreamKv {
             .map_err(|e| unavailable(format!("cannot open the registry bucket {bucket}: {e}")))?;
         let (changes, _) = broadcast::channel(WATCH_BUFFER);
         let stop = CancellationToken::new();
-        let from = kv
+        let store = JetStreamKv {
+            js,
+            kv,
+            mirror: Arc::default(),
+            changes,
+            stop,
+        };
+        // Everything up to `last`, then every change after it from the follower.
+        let last = store
+            .kv
             .stream
             .clone()
             .info()
@@ -86,8 +102,21 @@ impl JetStreamKv {
             .map_err(unavailable)?
             .state
             .last_sequence;
-        tokio::spawn(follow(kv.clone(), changes.clone(), from + 1, stop.clone()));
-        Ok(JetStreamKv { kv, changes, stop })
+        for change in store
+            .read(String::new(), jetstream::consumer::DeliverPolicy::LastPerSubject)
+            .await?
+        {
+            store.mirror.apply(&change);
+        }
+        store.mirror.applied_up_to(last);
+        tokio::spawn(follow(
+            store.kv.clone(),
+            store.mirror.clone(),
+            store.changes.clone(),
+            last + 1,
+            store.stop.clone(),
+        ));
+        Ok(store)
     }
 }
 
@@ -134,7 +163,13 @@ async fn reader(
 
 /// Forwards every change from revision `from` on; a lost reader starts again
 /// after the last revision it forwarded, so none is skipped or repeated.
-async fn follow(kv: kv::Store, changes: broadcast::Sender<Change>, mut from: u64, stop: CancellationToken) {
+async fn follow(
+    kv: kv::Store,
+    mirror: Arc<Mirror>,
+    changes: broadcast::Sender<Change>,
+    mut from: u64,
+    stop: CancellationToken,
+) {
     let filter = format!("{}>", kv.prefix);
     loop {
         let policy = jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: from };
@@ -156,9 +191,12 @@ async fn follow(kv: kv::Store, changes: broadcast::Sender<Change>, mut from: u64
                         let Ok(info) = message.info() else { continue };
                         let revision = info.stream_sequence;
                         from = revision + 1;
-                        if let Some(change) = change_of(&kv.prefix, &message, revision) {
+                        if let Some(change) = change_of(&kv.prefix, &message, revision)
+                            && mirror.apply(&change)
+                        {
                             let _ = changes.send(change);
                         }
+                        mirror.applied_up_to(revision);
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "registry watch failed; watching again");
@@ -177,10 +215,29 @@ async fn follow(kv: kv::Store, changes: broadcast::Sender<Change>, mut from: u64
 }
 
 impl JetStreamKv {
-    /// Everything `consumer` had pending when it was made, as entries. Its
-    /// pending count is a hint, not a promise: a key rewritten meanwhile
-    /// loses the message it counted, so a batch that brings nothing ends it too.
-    async fn read_all(
+    /// The bucket's messages under `prefix` (all when empty) that a reader
+    /// with `policy` has pending when made, as changes. Its pending count is a
+    /// hint, not a promise: a key rewritten meanwhile loses the message it
+    /// counted, so a batch that brings nothing ends the read too.
+    async fn read(
+        &self,
+        prefix: String,
+        policy: jetstream::consumer::DeliverPolicy,
+    ) -> Result<Vec<Change>, StoreError> {
+        let filter = if prefix.is_empty() {
+            format!("{}>", self.kv.prefix)
+        } else {
+            format!("{}{prefix}.>", self.kv.prefix)
+        };
+        let mut consumer = reader(&self.kv, filter, policy).await?;
+        let read = self.read_pending(&mut consumer).await;
+        let name = consumer.cached_info().name.clone();
+        // Best effort: the server forgets it when idle anyway.
+        let _ = self.kv.stream.delete_consumer(&name).await;
+        read
+    }
+
+    async fn read_pending(
         &self,
         consumer: &mut jetstream::consumer::Consumer<pull::Config>,
     ) -> Result<Vec<Change>, StoreError> {
@@ -234,17 +291,21 @@ impl Store for JetStreamKv {
     fn put<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<Revision, StoreError>> {
         Box::pin(async move {
             check_key(key)?;
-            self.kv.put(key, value).await.map_err(unavailable)
+            let revision = self.kv.put(key, value).await.map_err(unavailable)?;
+            self.mirror.wrote(revision);
+            Ok(revision)
         })
     }
 
     fn create<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<Revision, StoreError>> {
         Box::pin(async move {
             check_key(key)?;
-            self.kv.create(key, value).await.map_err(|e| match e.kind() {
+            let revision = self.kv.create(key, value).await.map_err(|e| match e.kind() {
                 kv::CreateErrorKind::AlreadyExists => StoreError::Exists,
                 _ => unavailable(e),
-            })
+            })?;
+            self.mirror.wrote(revision);
+            Ok(revision)
         })
     }
 
@@ -261,13 +322,16 @@ impl Store for JetStreamKv {
                 Some(e) if e.revision == expected => {}
                 _ => return Err(StoreError::Conflict),
             }
-            self.kv
+            let revision = self
+                .kv
                 .update(key, value, expected)
                 .await
                 .map_err(|e| match e.kind() {
                     kv::UpdateErrorKind::WrongLastRevision => StoreError::Conflict,
                     _ => unavailable(e),
-                })
+                })?;
+            self.mirror.wrote(revision);
+            Ok(revision)
         })
     }
 
@@ -277,10 +341,28 @@ impl Store for JetStreamKv {
                 return Ok(false);
             };
             // Only what was read is deleted; a concurrent writer wins and the
-            // delete reports that nothing was there to remove.
-            match self.kv.delete_expect_revision(key, Some(e.revision)).await {
-                Ok(()) => Ok(true),
-                Err(err) if matches!(err.kind(), kv::DeleteErrorKind::WrongLastRevision) => Ok(false),
+            // delete reports that nothing was there to remove. Published by
+            // hand (as the client's delete does) for the revision it gets.
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("KV-Operation", "DEL");
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                e.revision.to_string().as_str(),
+            );
+            let ack = async {
+                self.js
+                    .publish_with_headers(format!("{}{key}", self.kv.prefix), headers, Bytes::new())
+                    .await?
+                    .await
+            };
+            match ack.await {
+                Ok(ack) => {
+                    self.mirror.wrote(ack.sequence);
+                    Ok(true)
+                }
+                Err(err) if err.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    Ok(false)
+                }
                 Err(err) => Err(unavailable(err)),
             }
         })
@@ -289,20 +371,19 @@ impl Store for JetStreamKv {
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>> {
         Box::pin(async move {
             check_key(prefix)?;
-            // The newest message of every key under the prefix, read once.
-            let mut consumer = reader(
-                &self.kv,
-                format!("{}{prefix}.>", self.kv.prefix),
-                jetstream::consumer::DeliverPolicy::LastPerSubject,
-            )
-            .await?;
-            let listed = self.read_all(&mut consumer).await;
-            let name = consumer.cached_info().name.clone();
-            // Best effort: the server forgets it when idle anyway.
-            let _ = self.kv.stream.delete_consumer(&name).await;
+            if keeps(prefix) {
+                return self.mirror.list(prefix, LIST_TIMEOUT).await;
+            }
+            // What the copy does not keep is read from the bucket.
+            let listed = self
+                .read(
+                    prefix.to_owned(),
+                    jetstream::consumer::DeliverPolicy::LastPerSubject,
+                )
+                .await?;
             // A key written while it was read comes twice: the newest wins.
             let mut newest = std::collections::BTreeMap::new();
-            for change in listed? {
+            for change in listed {
                 let revision = match &change {
                     Change::Put(e) => e.revision,
                     Change::Delete { revision, .. } => *revision,

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod conformance;
 pub mod embedded;
 pub mod jetstream;
+mod mirror;
 pub mod model;
 pub mod seal;
 pub mod store;
