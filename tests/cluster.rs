@@ -616,3 +616,49 @@ async fn a_pod_that_cannot_reach_nats_says_why_and_stops() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_account_nats_lost_is_pushed_again_while_its_org_is_in_use() {
+    let mut nats = Nats::start().await;
+    let pod = TestServer::start_cluster(&nats, |_| {}).await;
+    let mut client = Client::connect_all(&pod, "acme").await;
+    client.subscribe(1, "chat.1").await;
+    let made = create_publisher(&pod, "acme", json!({"name": "ingest"})).await;
+    // nats-server comes back without the org accounts it had stored.
+    nats.restart(true).await;
+    // The pod notices its org connection refused, pushes the account from
+    // the registry and reconnects; the publisher's old creds work again.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let publisher = loop {
+        let options = async_nats::ConnectOptions::with_credentials(made["creds"].as_str().unwrap())
+            .unwrap()
+            .max_reconnects(Some(1));
+        match options.connect(&nats.url).await {
+            Ok(c) => break c,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the org's account never came back: {e}"),
+        }
+    };
+    // Published until the pod's new connection listens again.
+    let mut n = 0;
+    let data = loop {
+        n += 1;
+        publisher
+            .publish("pub.chat.1", json!({"n": n}).to_string().into())
+            .await
+            .unwrap();
+        publisher.flush().await.unwrap();
+        let next = tokio::time::timeout(Duration::from_millis(200), client.message()).await;
+        if let Ok((_, data)) = next {
+            break data;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pod never listened again"
+        );
+    };
+    assert!(data["n"].as_u64().is_some(), "{data}");
+    client.ping(2).await;
+}

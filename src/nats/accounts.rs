@@ -36,6 +36,8 @@ const MAX_REPUSHES: usize = 10;
 /// attempts (a revoked account would retry forever: NATS.md, trap 9); the
 /// pool opens a fresh one on the next use.
 const ORG_RECONNECTS: usize = 30;
+/// A broken org connection that could not be opened again is retried after this.
+const REOPEN_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
@@ -60,8 +62,9 @@ fn nats_error(what: &str, e: impl std::fmt::Display) -> AccountError {
 /// This pod's open connection into one org's account.
 struct OrgConn {
     client: async_nats::Client,
-    /// Set when the client gave up reconnecting.
-    closed: Arc<AtomicBool>,
+    /// Set when NATS refused the connection's user (its account lost or
+    /// stale) or the client gave up reconnecting: the pool opens it anew.
+    broken: Arc<AtomicBool>,
     /// Reads the org's publisher events.
     reader: tokio::task::JoinHandle<()>,
 }
@@ -90,6 +93,9 @@ pub struct Accounts {
     max_event_bytes: usize,
     slots: Mutex<HashMap<OrgId, Arc<Slot>>>,
     started: tokio::time::Instant,
+    /// Orgs whose connection broke, for [`Accounts::run`] to open again.
+    troubled: tokio::sync::mpsc::UnboundedSender<OrgId>,
+    troubles: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<OrgId>>>,
 }
 
 impl Accounts {
@@ -99,7 +105,10 @@ impl Accounts {
         channels: Arc<Channels>,
         max_event_bytes: usize,
     ) -> Arc<Accounts> {
+        let (troubled, troubles) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Accounts {
+            troubled,
+            troubles: Mutex::new(Some(troubles)),
             cluster,
             registry,
             channels,
@@ -129,7 +138,7 @@ impl Accounts {
         slot.last_used.store(self.now_ms(), Ordering::Relaxed);
         let mut conn = slot.conn.lock().await;
         if let Some(c) = conn.as_ref() {
-            if !c.closed.load(Ordering::Acquire) {
+            if !c.broken.load(Ordering::Acquire) {
                 return Ok(c.client.clone());
             }
             *conn = None;
@@ -313,8 +322,8 @@ impl Accounts {
             jwt::Permissions::default(),
         )
         .map_err(|e| nats_error("cannot sign the server user", e))?;
-        let closed = Arc::new(AtomicBool::new(false));
-        let gave_up = closed.clone();
+        let broken = Arc::new(AtomicBool::new(false));
+        let (flag, troubled, troubled_org) = (broken.clone(), self.troubled.clone(), org.clone());
         let client = async_nats::ConnectOptions::with_jwt(user_jwt, move |nonce| {
             let user = user.clone();
             async move { user.sign(&nonce).map_err(async_nats::AuthError::new) }
@@ -323,14 +332,21 @@ impl Accounts {
         .connection_timeout(NATS_TIMEOUT)
         .max_reconnects(ORG_RECONNECTS)
         .event_callback(move |event| {
-            let gave_up = gave_up.clone();
+            let (flag, troubled, org) = (flag.clone(), troubled.clone(), troubled_org.clone());
             async move {
-                if matches!(
-                    event,
+                // A reconnect refused as unauthorized (the account lost or
+                // stale) surfaces as a client error with that text.
+                let refused = match &event {
                     async_nats::Event::Closed
-                        | async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects)
-                ) {
-                    gave_up.store(true, Ordering::Release);
+                    | async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects)
+                    | async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => true,
+                    async_nats::Event::ClientError(async_nats::ClientError::Other(text)) => {
+                        text.contains("authorization violation")
+                    }
+                    _ => false,
+                };
+                if refused && !flag.swap(true, Ordering::AcqRel) {
+                    let _ = troubled.send(org);
                 }
             }
         })
@@ -352,7 +368,7 @@ impl Accounts {
         ));
         Ok(OrgConn {
             client,
-            closed,
+            broken,
             reader,
         })
     }
@@ -416,12 +432,30 @@ impl Accounts {
         cancel: CancellationToken,
     ) {
         let mut changes = self.registry.store().watch();
+        let Some(mut troubles) = self.troubles.lock().take() else {
+            tracing::error!("the account pool runs once");
+            return;
+        };
         let mut sweep =
             tokio::time::interval((idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30)));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = sweep.tick() => self.close_idle(idle, &active),
+                Some(org) = troubles.recv() => {
+                    // Open it again (pushing the account if NATS lost it) while
+                    // the org is in use here; an unused one waits for its next use.
+                    if active(&org) {
+                        let pool = self.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = pool.open(&org).await {
+                                tracing::warn!(org = %org, error = %e, "cannot open the org's NATS connection again; retrying");
+                                tokio::time::sleep(REOPEN_PAUSE).await;
+                                let _ = pool.troubled.send(org);
+                            }
+                        });
+                    }
+                }
                 change = changes.recv() => {
                     if let Ok(Change::Delete { key, .. }) = change
                         && let Some(org) = key.strip_prefix("accounts.").and_then(|o| OrgId::new(o).ok())

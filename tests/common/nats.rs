@@ -76,6 +76,37 @@ impl Nats {
         nats
     }
 
+    /// Stops nats-server and starts it again on the same port and data;
+    /// `forget_accounts` first deletes the accounts its resolver stored (the
+    /// system and broker accounts come back from the config's preload).
+    pub async fn restart(&mut self, forget_accounts: bool) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if forget_accounts {
+            for entry in std::fs::read_dir(self.dir.join("jwt")).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "jwt") {
+                    std::fs::remove_file(path).unwrap();
+                }
+            }
+        }
+        self.child = Command::new("nats-server")
+            .args(["-c", self.dir.join("nats-server.conf").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server did not start again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A client connected with one of the `nats init` creds files.
     pub async fn connect(&self, creds: &str) -> async_nats::Client {
         async_nats::ConnectOptions::with_credentials_file(self.dir.join(creds))
