@@ -662,3 +662,54 @@ async fn an_account_nats_lost_is_pushed_again_while_its_org_is_in_use() {
     assert!(data["n"].as_u64().is_some(), "{data}");
     client.ping(2).await;
 }
+
+/// The claims of a JWT, unverified.
+fn claims(jwt: &str) -> Value {
+    use base64::Engine;
+    let body = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn concurrent_account_updates_on_two_pods_leave_nats_with_the_newest() {
+    let nats = Nats::start().await;
+    let (a, b) = two_pods(&nats).await;
+    let mut users = Vec::new();
+    let mut account = String::new();
+    for i in 0..6 {
+        let pod = if i % 2 == 0 { &a } else { &b };
+        let made = create_publisher(pod, "acme", json!({"name": format!("p{i}")})).await;
+        let jwt = made["creds"].as_str().unwrap().lines().nth(1).unwrap().to_owned();
+        account = claims(&jwt)["nats"]["issuer_account"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        users.push(made["user"].as_str().unwrap().to_owned());
+    }
+    let paths: Vec<String> = (0..6).map(|i| format!("/v1/orgs/acme/publishers/p{i}")).collect();
+    let revokes = paths.iter().enumerate().map(|(i, path)| {
+        let pod = if i % 2 == 0 { &a } else { &b };
+        call(pod, Method::DELETE, path, Some(ADMIN_TOKEN), None)
+    });
+    for (status, body) in futures_util::future::join_all(revokes).await {
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    let sys = nats.connect("sys.creds").await;
+    let reply = sys
+        .request(format!("$SYS.REQ.ACCOUNT.{account}.CLAIMS.LOOKUP"), "".into())
+        .await
+        .unwrap();
+    let held = claims(std::str::from_utf8(&reply.payload).unwrap());
+    let revoked = held["nats"]["revocations"].as_object().unwrap();
+    for user in &users {
+        assert!(
+            revoked.contains_key(user),
+            "nats-server holds claims without {user}: {held}"
+        );
+    }
+}

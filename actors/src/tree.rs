@@ -293,6 +293,9 @@ impl Tree {
     /// Stops every actor and waits for them.
     pub async fn stop(self) {
         self.root.stop(None);
-        let _ = self.handle.await;
+        // Polling it again after [`Tree::stopped`] saw it end would panic.
+        if !self.handle.is_finished() {
+            let _ = self.handle.await;
+        }
     }
 }
