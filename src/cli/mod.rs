@@ -154,20 +154,28 @@ async fn serve(over: Overrides) -> anyhow::Result<()> {
     let (file, demo) = match &over.config {
         Some(path) => (FileConfig::load(path)?, None),
         None if default.exists() => (FileConfig::load(default)?, None),
+        // A pod of a cluster takes its orgs from the shared registry: a
+        // throwaway demo org per pod would overwrite the other pods' one.
+        None if over.nats_url.is_some() => (FileConfig::default(), None),
         None => {
             let (file, key) = demo_config("demo")?;
             (file, Some(key))
         }
     };
-    let demo = match demo {
-        Some(api_key) => Some(Demo {
-            token: token_for(&file, "demo", "demo-user", TokenGrants::ALL, DEMO_TOKEN_TTL_SECS)?,
+    let demo_token = match demo {
+        Some(api_key) => Some((
+            token_for(&file, "demo", "demo-user", TokenGrants::ALL, DEMO_TOKEN_TTL_SECS)?,
             api_key,
-            admin_token: file.admin_token.clone().unwrap_or_default(),
-        }),
+        )),
         None => None,
     };
     let settings = Settings::resolve(file, &over)?;
+    // The admin token in effect: a flag or SWITCHBOARD_ADMIN_TOKEN wins over the demo's.
+    let demo = demo_token.map(|(token, api_key)| Demo {
+        token,
+        api_key,
+        admin_token: settings.admin_token.clone().unwrap_or_default(),
+    });
     crate::telemetry::init_tracing(settings.log_format);
     let server = Server::bind(settings).await?;
     if let Some(demo) = demo {
