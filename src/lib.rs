@@ -6,8 +6,10 @@
 //! - [`directory`]: orgs and their credentials (the `OrgDirectory` seam).
 //! - [`auth`]: client JWTs, API keys, bearer tokens; [`tickets`]: short-lived WS tickets;
 //!   [`jwks`]: keys orgs publish at a JWKS URL.
-//! - [`nats`]: NATS operator mode: JWTs and `switchboard nats init`.
-//! - [`registry`]: orgs, users, API keys, ticket keys, audit log; durable, secrets sealed.
+//! - [`nats`]: NATS operator mode and cluster mode: JWTs, `switchboard nats init`,
+//!   start-up, org accounts, publishers.
+//! - [`registry`]: orgs, users, API keys, ticket keys, audit log; durable, secrets sealed;
+//!   [`enforce`]: its changes applied to live connections, whichever pod made them.
 //! - [`server`]: accept loop, HTTP/1.1 serving, ordered shutdown.
 //! - [`http`]: the routes and the JSON error mapping.
 //! - [`ws`]: client WebSockets on the raw socket (handshake, reader, sink, task).
@@ -21,6 +23,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod directory;
+pub mod enforce;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod http;

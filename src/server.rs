@@ -129,6 +129,7 @@ impl Server {
         let prometheus = self.app.prometheus.clone();
         // Registry changes (this pod's or, in cluster mode, another's) reach the live view.
         http.spawn(Arc::clone(&self.app.registry).follow(cancel.clone()));
+        http.spawn(crate::enforce::run(Arc::clone(&self.app), cancel.clone()));
         if let (Some(accounts), Some(cluster)) = (&self.app.accounts, &self.settings.cluster) {
             let conns = Arc::clone(&self.app.org_conns);
             http.spawn(Arc::clone(accounts).run(cluster.org_idle, move |org| conns.has(org), cancel.clone()));

@@ -381,7 +381,6 @@ pub async fn revoke(
     body: Body,
 ) -> Result<Response, ApiError> {
     use crate::registry::model::Revoke;
-    use switchboard_actors::Match;
     let bytes = read_body(body, MAX_BODY_BYTES).await?;
     let shape = r#"{"jti" | "sub" | "ticket": "<id>", "until"?: <unix secs>}"#;
     let body: RevokeBody = parse_json(&bytes, shape)?;
@@ -400,18 +399,7 @@ pub async fn revoke(
         .until
         .unwrap_or_else(|| crate::auth::now_secs() + DEFAULT_REVOCATION_SECS);
     let doc = app.registry.revoke(&org, what, &id, until, &actor.name()).await?;
-    let which = match what {
-        Revoke::Sub => Match {
-            subject: switchboard_proto::Subject::new(&id).ok(),
-            ..Match::org(org.clone())
-        },
-        Revoke::Jti | Revoke::Ticket => Match {
-            credential: Some(id),
-            ..Match::org(org.clone())
-        },
-    };
-    // A subject that cannot name a connection closes none (not all of the org).
-    if what != Revoke::Sub || which.subject.is_some() {
+    if let Some(which) = crate::enforce::revocation_match(&org, what, &id) {
         app.services.close_matching(which, CloseReason::Revoked);
     }
     Ok((StatusCode::CREATED, Json(json!(doc))).into_response())

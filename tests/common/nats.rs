@@ -1,12 +1,16 @@
-//! A real nats-server in operator mode for a test: `switchboard nats init`
-//! in a temp dir, ephemeral ports, killed when dropped.
+//! A real nats-server in operator mode for a test (`switchboard nats init`
+//! in a temp dir, ephemeral ports, killed when dropped), and what cluster
+//! tests share: two pods, publishers, NATS' answers.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::PATIENCE;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
 use super::process::run;
+use super::{ADMIN_TOKEN, PATIENCE, TestServer, call};
 
 pub struct Nats {
     pub url: String,
@@ -117,4 +121,109 @@ impl Nats {
             .await
             .unwrap_or_else(|e| panic!("{creds} does not connect: {e}"))
     }
+}
+
+/// Two pods of one cluster. Each imports the test config's orgs with API
+/// keys of its own; the last import wins, so both use B's keys.
+pub async fn two_pods(nats: &Nats) -> (TestServer, TestServer) {
+    let mut a = TestServer::start_cluster(nats, |_| {}).await;
+    let b = TestServer::start_cluster(nats, |_| {}).await;
+    a.api_keys = b.api_keys.clone();
+    (a, b)
+}
+
+/// The accounts nats-server knows (system and broker included).
+pub async fn server_accounts(nats: &Nats) -> Vec<String> {
+    let sys = nats.connect("sys.creds").await;
+    let reply = tokio::time::timeout(PATIENCE, sys.request("$SYS.REQ.CLAIMS.LIST", "".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    body["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a list of accounts: {body}"))
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+pub async fn create_publisher(pod: &TestServer, org: &str, body: Value) -> Value {
+    let (status, made) = call(
+        pod,
+        Method::POST,
+        &format!("/v1/orgs/{org}/publishers"),
+        Some(ADMIN_TOKEN),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    made
+}
+
+/// A stock NATS client with a publisher's creds; its errors and
+/// disconnections arrive on the returned channel.
+pub async fn publisher(
+    nats: &Nats,
+    made: &Value,
+) -> (
+    async_nats::Client,
+    tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::with_credentials(made["creds"].as_str().unwrap())
+        .unwrap()
+        .max_reconnects(Some(1))
+        .event_callback(move |e| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e);
+            }
+        })
+        .connect(&nats.url)
+        .await
+        .unwrap();
+    (client, rx)
+}
+
+/// Waits for a permission error about `subject`.
+pub async fn refused(events: &mut tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>, subject: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no permission error for {subject}"))
+            .unwrap();
+        if let async_nats::Event::ServerError(e) = &event
+            && e.to_string().to_lowercase().contains("permissions violation")
+            && e.to_string().contains(subject)
+        {
+            return;
+        }
+    }
+}
+
+/// Waits until `events` reports the connection lost.
+pub async fn cut(events: &mut tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(async_nats::Event::Disconnected | async_nats::Event::Closed)) => return,
+            Ok(Some(_)) => continue,
+            Ok(None) => return,
+            Err(_) => panic!("the connection was not cut within {within:?}"),
+        }
+    }
+}
+
+/// The claims of a JWT, unverified.
+pub fn claims(jwt: &str) -> Value {
+    use base64::Engine;
+    let body = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .unwrap(),
+    )
+    .unwrap()
 }
