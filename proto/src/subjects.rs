@@ -1,5 +1,7 @@
 //! The NATS subjects of cluster mode, inside an org's own account (so no
-//! org id appears in them: the account is the tenant boundary).
+//! org id appears in them: the account is the tenant boundary): the
+//! channel stream's `ch.<channel>`, its republished `live.<channel>`, and
+//! publishers' `pub.<channel>`.
 //! Defined here only, so the broker, its tests and publishers agree.
 
 use crate::channel::{ChannelName, ChannelPattern};
@@ -8,6 +10,21 @@ use crate::channel::{ChannelName, ChannelPattern};
 pub const PUBLISH_PREFIX: &str = "pub.";
 /// Every publisher subject, as the broker subscribes to them.
 pub const PUBLISH_ALL: &str = "pub.>";
+
+/// What an org's channel stream captures: `ch.<channel>`.
+pub const CHANNEL_ALL: &str = "ch.>";
+/// Where the stream republishes each stored message: `live.<channel>`.
+pub const LIVE_ALL: &str = "live.>";
+
+/// The stream subject of `channel`.
+pub fn channel(channel: &ChannelName) -> String {
+    format!("ch.{channel}")
+}
+
+/// Where `channel`'s stored messages are republished for pods to follow.
+pub fn live(channel: &ChannelName) -> String {
+    format!("live.{channel}")
+}
 
 /// The subject a publisher sends `channel`'s events to.
 pub fn publish(channel: &ChannelName) -> String {
@@ -35,6 +52,10 @@ mod tests {
     fn subjects_round_trip() {
         let chat = ChannelName::new("chat.42").unwrap();
         assert_eq!(publish(&chat), "pub.chat.42");
+        assert_eq!(
+            (channel(&chat).as_str(), live(&chat).as_str()),
+            ("ch.chat.42", "live.chat.42")
+        );
         assert_eq!(published_channel("pub.chat.42"), Some(chat));
         assert_eq!(published_channel("pub."), None);
         assert_eq!(published_channel("live.chat"), None);

@@ -1,0 +1,147 @@
+//! An org's channel stream (cluster mode, the data plane's first piece): one
+//! JetStream stream per org, in the org's own account, capturing `ch.>`.
+//! The stream sequence is a message's offset, so offsets grow per channel
+//! across every pod; RePublish re-emits each stored message on
+//! `live.<channel>` with the previous offset of the same channel
+//! (`Nats-Last-Sequence`), which [`super::live`] uses to find gaps. File
+//! storage: on nats-server 2.9 a memory stream with RePublish costs ~25×
+//! more server CPU (NATS.md).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use switchboard_actors::{BackplaneError, HistoryLimits};
+use switchboard_proto::{ChannelName, Epoch, subjects};
+
+/// The stream's name inside each org's account.
+pub const STREAM: &str = "CH";
+/// How long a publish waits for its acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> BackplaneError {
+    BackplaneError::Unavailable(format!("{what}: {e}"))
+}
+
+/// One org's stream, over this pod's connection into the org's account.
+pub struct OrgStream {
+    js: jetstream::Context,
+    stream: stream::Stream,
+    epoch: Epoch,
+}
+
+/// One stored message of a channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub offset: u64,
+    pub payload: Bytes,
+}
+
+impl OrgStream {
+    /// Opens the org's stream (made if missing) with `limits` per channel.
+    pub async fn open(
+        client: async_nats::Client,
+        limits: HistoryLimits,
+    ) -> Result<OrgStream, BackplaneError> {
+        let mut js = jetstream::new(client);
+        js.set_timeout(ACK_TIMEOUT);
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: STREAM.into(),
+                subjects: vec![subjects::CHANNEL_ALL.into()],
+                storage: stream::StorageType::File,
+                max_messages_per_subject: limits.max_messages.max(1) as i64,
+                max_age: limits.max_age,
+                discard: stream::DiscardPolicy::Old,
+                allow_direct: true,
+                republish: Some(stream::Republish {
+                    source: subjects::CHANNEL_ALL.into(),
+                    destination: subjects::LIVE_ALL.into(),
+                    headers_only: false,
+                }),
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("cannot open the org's stream", e))?;
+        // The stream's creation time names its incarnation: a recreated
+        // stream answers resumes from the old one with `recovered:false`.
+        let created = stream.cached_info().created.unix_timestamp_nanos();
+        let epoch = Epoch::new(format!("n{created:x}"));
+        Ok(OrgStream { js, stream, epoch })
+    }
+
+    pub fn epoch(&self) -> &Epoch {
+        &self.epoch
+    }
+
+    /// Stores `payload` on `channel`; returns its offset once the stream
+    /// acknowledged it.
+    pub async fn publish(&self, channel: &ChannelName, payload: Bytes) -> Result<u64, BackplaneError> {
+        let ack = self
+            .js
+            .publish(subjects::channel(channel), payload)
+            .await
+            .map_err(|e| unavailable("publish", e))?
+            .await
+            .map_err(|e| unavailable("publish not acknowledged", e))?;
+        Ok(ack.sequence)
+    }
+
+    /// The first message of `channel` after offset `after`, if any.
+    pub async fn next_after(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+    ) -> Result<Option<Stored>, BackplaneError> {
+        match self
+            .stream
+            .direct_get_next_for_subject(subjects::channel(channel), Some(after + 1))
+            .await
+        {
+            Ok(m) => Ok(Some(Stored {
+                offset: m.sequence,
+                payload: m.payload,
+            })),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable("history read", e)),
+        }
+    }
+
+    /// The offset of `channel`'s newest retained message, if any.
+    pub async fn last(&self, channel: &ChannelName) -> Result<Option<u64>, BackplaneError> {
+        match self
+            .stream
+            .direct_get_last_for_subject(subjects::channel(channel))
+            .await
+        {
+            Ok(m) => Ok(Some(m.sequence)),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable("history read", e)),
+        }
+    }
+
+    /// Up to `limit` messages of `channel` after offset `after`, in order,
+    /// none past `through` (one round trip each: for the short ranges a gap
+    /// repair or a resume reads).
+    pub async fn read(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, BackplaneError> {
+        let mut out = Vec::new();
+        let mut at = after;
+        while out.len() < limit {
+            match self.next_after(channel, at).await? {
+                Some(m) if m.offset <= through => {
+                    at = m.offset;
+                    out.push(m);
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}
