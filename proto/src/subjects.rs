@@ -16,6 +16,9 @@ pub const CHANNEL_ALL: &str = "ch.>";
 /// Where the stream republishes each stored message: `live.<channel>`.
 pub const LIVE_ALL: &str = "live.>";
 
+/// A subject nobody answers: a request to it is a round trip to the server.
+pub const PING: &str = "_SB.PING";
+
 /// The stream subject of `channel`.
 pub fn channel(channel: &ChannelName) -> String {
     format!("ch.{channel}")

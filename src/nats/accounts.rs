@@ -359,7 +359,7 @@ impl Accounts {
             .map_err(|e| nats_error("cannot subscribe to publisher events", e))?;
         // A round trip, so the subscription is live on the server before
         // anyone is told the org is open (NATS.md, trap 7).
-        let _ = tokio::time::timeout(NATS_TIMEOUT, client.request("_SB.PING", "".into())).await;
+        let _ = tokio::time::timeout(NATS_TIMEOUT, client.request(subjects::PING, "".into())).await;
         let reader = tokio::spawn(super::publishers::read_events(
             org.clone(),
             events,

@@ -5,12 +5,18 @@
 //! reconnect, a trim, an age-out: NATS.md treats every mismatch as a gap),
 //! and the missing range is read from the stream before it goes on.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
 use switchboard_actors::BackplaneError;
 use switchboard_proto::{ChannelName, subjects};
 
 use super::stream::{OrgStream, Stored};
+
+/// The longest a feed's start waits for its subscription to be confirmed.
+const ROUND_TRIP: Duration = Duration::from_secs(2);
 
 /// What to do with one republished message.
 #[derive(Debug, PartialEq, Eq)]
@@ -64,42 +70,72 @@ pub fn sequences(headers: Option<&HeaderMap>) -> Option<(u64, u64)> {
     Some((get("Nats-Sequence")?, get("Nats-Last-Sequence")?))
 }
 
-/// Feeds `channel`'s messages after `last` to `deliver`, in order, each
-/// once, until the subscription ends. Subscribes before anything is read, so
-/// nothing published meanwhile is missed.
-pub async fn follow(
-    client: &async_nats::Client,
-    stream: &OrgStream,
-    channel: &ChannelName,
-    last: u64,
-    mut deliver: impl FnMut(Stored),
-) -> Result<(), BackplaneError> {
-    let mut live = client
-        .subscribe(subjects::live(channel))
-        .await
-        .map_err(|e| BackplaneError::Unavailable(format!("live subscription: {e}")))?;
-    let mut seq = Sequencer::new(last);
-    while let Some(message) = live.next().await {
-        let Some((offset, previous)) = sequences(message.headers.as_ref()) else {
-            continue;
+/// One channel's live feed on this pod.
+pub struct Feed {
+    live: async_nats::Subscriber,
+    stream: Arc<OrgStream>,
+    channel: ChannelName,
+    seq: Sequencer,
+}
+
+impl Feed {
+    /// Subscribes to `channel`'s republished messages and returns once the
+    /// subscription is live on the server; the feed then delivers what comes
+    /// after `after` (by default the channel's newest stored offset, read
+    /// after subscribing, so nothing falls between the two).
+    pub async fn start(
+        client: &async_nats::Client,
+        stream: Arc<OrgStream>,
+        channel: &ChannelName,
+        after: Option<u64>,
+    ) -> Result<Feed, BackplaneError> {
+        let live = client
+            .subscribe(subjects::live(channel))
+            .await
+            .map_err(|e| BackplaneError::Unavailable(format!("live subscription: {e}")))?;
+        // A round trip, so the subscription is live on the server (NATS.md, trap 7).
+        let _ = tokio::time::timeout(ROUND_TRIP, client.request(subjects::PING, "".into())).await;
+        let last = match after {
+            Some(after) => after,
+            None => stream.last(channel).await?.unwrap_or(0),
         };
-        match seq.offer(offset, previous) {
-            Step::Stale => continue,
-            Step::Deliver => {}
-            Step::Gap => {
-                for missed in stream.read(channel, seq.last(), offset - 1, usize::MAX).await? {
-                    seq.delivered(missed.offset);
-                    deliver(missed);
+        Ok(Feed {
+            live,
+            stream,
+            channel: channel.clone(),
+            seq: Sequencer::new(last),
+        })
+    }
+
+    /// Hands every message after the start to `deliver`, in order, each
+    /// once, until the subscription ends or a gap cannot be read.
+    pub async fn run(mut self, mut deliver: impl FnMut(Stored)) -> Result<(), BackplaneError> {
+        while let Some(message) = self.live.next().await {
+            let Some((offset, previous)) = sequences(message.headers.as_ref()) else {
+                continue;
+            };
+            match self.seq.offer(offset, previous) {
+                Step::Stale => continue,
+                Step::Deliver => {}
+                Step::Gap => {
+                    let missed = self
+                        .stream
+                        .read(&self.channel, self.seq.last(), offset - 1, usize::MAX)
+                        .await?;
+                    for m in missed {
+                        self.seq.delivered(m.offset);
+                        deliver(m);
+                    }
                 }
             }
+            self.seq.delivered(offset);
+            deliver(Stored {
+                offset,
+                payload: message.payload,
+            });
         }
-        seq.delivered(offset);
-        deliver(Stored {
-            offset,
-            payload: message.payload,
-        });
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

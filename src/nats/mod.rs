@@ -1,10 +1,12 @@
 //! NATS operator mode: the JWTs ([`jwt`]), `switchboard nats init`
 //! ([`init`]), a cluster-mode pod's start-up ([`cluster`]) and its org
 //! accounts ([`accounts`]) and NATS publishers ([`publishers`]); the data
-//! plane's first pieces: an org's channel stream ([`stream`]) and a
-//! channel's gap-repairing live feed ([`live`]).
+//! plane in progress: an org's channel stream ([`stream`]), a channel's
+//! gap-repairing live feed ([`live`]) and the backplane over them
+//! ([`backplane`]).
 
 pub mod accounts;
+pub mod backplane;
 pub mod cluster;
 pub mod init;
 pub mod jwt;

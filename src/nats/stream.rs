@@ -9,8 +9,10 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use switchboard_actors::{BackplaneError, HistoryLimits};
 use switchboard_proto::{ChannelName, Epoch, subjects};
 
@@ -18,6 +20,14 @@ use switchboard_proto::{ChannelName, Epoch, subjects};
 pub const STREAM: &str = "CH";
 /// How long a publish waits for its acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reads this short are direct gets; longer ones use a consumer.
+const DIRECT_READS: usize = 8;
+/// Messages per batch of a longer read.
+const BATCH: usize = 256;
+/// How long a batch waits for messages it was promised but that never came.
+const BATCH_WAIT: Duration = Duration::from_millis(250);
+/// The server drops a reader nobody pulls from for this long.
+const READER_IDLE: Duration = Duration::from_secs(30);
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BackplaneError {
     BackplaneError::Unavailable(format!("{what}: {e}"))
@@ -122,8 +132,8 @@ impl OrgStream {
     }
 
     /// Up to `limit` messages of `channel` after offset `after`, in order,
-    /// none past `through` (one round trip each: for the short ranges a gap
-    /// repair or a resume reads).
+    /// none past `through`: a few by direct gets (one round trip each), more
+    /// through a short-lived pull consumer (one round trip per batch).
     pub async fn read(
         &self,
         channel: &ChannelName,
@@ -133,15 +143,77 @@ impl OrgStream {
     ) -> Result<Vec<Stored>, BackplaneError> {
         let mut out = Vec::new();
         let mut at = after;
-        while out.len() < limit {
+        while out.len() < limit.min(DIRECT_READS) {
             match self.next_after(channel, at).await? {
                 Some(m) if m.offset <= through => {
                     at = m.offset;
                     out.push(m);
                 }
-                _ => break,
+                _ => return Ok(out),
             }
         }
+        if out.len() < limit {
+            out.extend(self.read_batched(channel, at, through, limit - out.len()).await?);
+        }
+        Ok(out)
+    }
+
+    async fn read_batched(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, BackplaneError> {
+        let consumer = self
+            .stream
+            .create_consumer(pull::Config {
+                filter_subject: subjects::channel(channel),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: READER_IDLE,
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("history read", e))?;
+        let mut out = Vec::new();
+        let mut pending = consumer.cached_info().num_pending;
+        while pending > 0 && out.len() < limit {
+            let mut batch = consumer
+                .batch()
+                .max_messages((limit - out.len()).min(BATCH))
+                .expires(BATCH_WAIT)
+                .messages()
+                .await
+                .map_err(|e| unavailable("history read", e))?;
+            let mut got = 0;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| unavailable("history read", e))?;
+                let info = message.info().map_err(|e| unavailable("history read", e))?;
+                let (offset, left) = (info.stream_sequence, info.pending);
+                got += 1;
+                pending = left;
+                if offset > through {
+                    pending = 0;
+                    break;
+                }
+                out.push(Stored {
+                    offset,
+                    payload: message.payload.clone(),
+                });
+                if left == 0 || out.len() >= limit {
+                    break;
+                }
+            }
+            if got == 0 {
+                break;
+            }
+        }
+        let name = consumer.cached_info().name.clone();
+        let _ = self.stream.delete_consumer(&name).await;
         Ok(out)
     }
 }
