@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with the Rust toolchain:
-# installs what the tests need (nats-server from Debian's packages,
-# schemathesis, nats-py and nkeys from PyPI), then
-# checks formatting and lints and runs every test in the workspace.
+# installs what the tests need (nats-server and Node.js from Debian's
+# packages, schemathesis, nats-py and nkeys from PyPI, the SDK's build tools
+# from npm), then checks formatting and lints and runs every test in the
+# workspace and the JavaScript SDK's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -33,3 +36,16 @@ done
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
+
+# The JavaScript SDK (clients/js), against the server binary just built.
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  echo "the SDK's tests need Node.js >= 20 (found $(node --version))" >&2
+  exit 1
+fi
+(
+  cd clients/js
+  npm ci --silent --no-audit --no-fund
+  npm run build --silent
+  SWITCHBOARD_BIN="$PWD/../../target/debug/switchboard" npm test --silent
+)
