@@ -11,6 +11,8 @@ missing=()
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# The demo's end-to-end tests drive Debian's Chromium (clients/js/test/demo.test.mjs).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -46,6 +48,13 @@ fi
 (
   cd clients/js
   npm ci --silent --no-audit --no-fund
+  # The binary serves the client the build makes (/demo): it must be current.
+  committed=$(mktemp)
+  cp ../../src/http/demo/switchboard.js "$committed"
   npm run build --silent
+  if ! cmp -s "$committed" ../../src/http/demo/switchboard.js; then
+    echo "src/http/demo/switchboard.js was stale: rebuilt it from clients/js; commit it" >&2
+    exit 1
+  fi
   SWITCHBOARD_BIN="$PWD/../../target/debug/switchboard" npm test --silent
 )

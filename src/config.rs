@@ -88,6 +88,10 @@ pub struct FileConfig {
     pub admin_token: Option<String>,
     /// Where the registry (orgs, users, keys) lives.
     pub data_dir: Option<PathBuf>,
+    /// Serve the demo chat page at `/demo`, signing visitors into this org
+    /// (declared here with an HS256 secret). Anyone who reaches `/demo/token`
+    /// gets a client token of it: for a throwaway org only.
+    pub demo_org: Option<String>,
     /// The master key file (default: `master.key` in the data directory).
     pub master_key_file: Option<PathBuf>,
     #[serde(default)]
@@ -249,6 +253,8 @@ pub struct Settings {
     pub jwks_min_refetch: Duration,
     /// Cluster mode (NATS), or `None` for one pod on its own.
     pub cluster: Option<ClusterSettings>,
+    /// The demo page's org, when `/demo` is on.
+    pub demo: Option<crate::http::demo::DemoOrg>,
 }
 
 /// Every problem found in a configuration.
@@ -420,6 +426,23 @@ impl Settings {
                     .unwrap_or(default_master),
             ),
         };
+        let demo = file.demo_org.as_ref().and_then(|org| {
+            let secret = file.orgs.iter().find(|o| &o.id == org).and_then(|o| {
+                o.jwt_keys.iter().find_map(|k| match k {
+                    crate::directory::JwtKeyConfig::HS256 { secret, .. } => Some(secret.clone()),
+                    _ => None,
+                })
+            });
+            if secret.is_none() {
+                errors.push(format!(
+                    "demo_org: {org:?} is not an org of this file with an HS256 secret"
+                ));
+            }
+            secret.map(|secret| crate::http::demo::DemoOrg {
+                org: org.clone(),
+                secret,
+            })
+        });
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -453,6 +476,7 @@ impl Settings {
                 crate::jwks::DEFAULT_MIN_REFETCH,
             ),
             cluster,
+            demo,
         })
     }
 }

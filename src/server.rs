@@ -82,6 +82,7 @@ impl Server {
         });
         let app = Arc::new(App {
             accounts,
+            demo: settings.demo.clone(),
             services: Arc::clone(tree.services()),
             directory: registry.clone(),
             registry,

@@ -191,6 +191,7 @@ fn demo_config(org: &str) -> anyhow::Result<(FileConfig, String)> {
     let key = new_api_key(&org_id, "default")?;
     let file = FileConfig {
         admin_token: Some(random_token(32)?),
+        demo_org: Some(org.into()),
         orgs: vec![OrgConfig {
             rollup: vec![],
             id: org.into(),

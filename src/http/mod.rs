@@ -5,6 +5,7 @@
 mod admin;
 mod channels;
 mod client_ws;
+pub mod demo;
 pub mod openapi;
 mod operators;
 mod ops;
@@ -57,6 +58,8 @@ pub struct App {
     pub tasks: TaskTracker,
     /// Cluster mode: the orgs' NATS accounts.
     pub accounts: Option<Arc<crate::nats::accounts::Accounts>>,
+    /// The demo page's org, when the demo is on.
+    pub demo: Option<demo::DemoOrg>,
 }
 
 impl App {
@@ -121,6 +124,9 @@ pub fn router(app: Arc<App>) -> Router {
             get(channels::history),
         )
         .route("/v1/openapi.json", get(openapi::openapi))
+        .route("/demo", get(demo::page))
+        .route("/demo/switchboard.js", get(demo::client))
+        .route("/demo/token", get(demo::token))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

@@ -7,7 +7,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{admin, channels, client_ws, operators, ops, publishers, tickets, users};
+use super::{admin, channels, client_ws, demo, operators, ops, publishers, tickets, users};
 
 /// Every error: `{"error":{"code","message"}}` (409 on roles adds `roles`).
 #[derive(Serialize, ToSchema)]
@@ -55,6 +55,7 @@ impl Modify for Bearer {
         publishers::create, publishers::list, publishers::revoke,
         channels::publish, channels::history,
         ops::health, ops::ready, ops::metrics, openapi,
+        demo::page, demo::client, demo::token,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Bearer),
@@ -107,9 +108,12 @@ mod tests {
             "/ready",
             "/metrics",
             "/v1/openapi.json",
+            "/demo",
+            "/demo/switchboard.js",
+            "/demo/token",
         ] {
             assert!(paths.contains_key(path), "{path} is not documented");
         }
-        assert_eq!(paths.len(), 22, "a route was added without being listed here");
+        assert_eq!(paths.len(), 25, "a route was added without being listed here");
     }
 }

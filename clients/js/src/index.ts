@@ -59,6 +59,9 @@ export interface SubscribeOptions {
   /** The server could not replay everything since the last offset seen
    * (history trimmed, or a new epoch): reload the channel's state. */
   onReset?: (channel: string) => void;
+  /** Each time the server acknowledges the subscription (after every
+   * reconnect): its epoch and top, to keep for a resume after a reload. */
+  onSubscribed?: (at: { epoch: string; top: number }) => void;
 }
 
 export interface ClientOptions {
@@ -329,6 +332,7 @@ export class Client {
         }
         sub.epoch = ack.epoch;
         sub.top = ack.offset;
+        sub.opts.onSubscribed?.({ epoch: ack.epoch, top: ack.offset });
       },
       (err: SwitchboardError) => {
         if (err.code !== "DISCONNECTED") this.emit("error", err);

@@ -1,7 +1,7 @@
 // Starts a real `switchboard serve` for the SDK's tests, makes an org over
 // the admin API and signs client tokens for it.
 import { spawn } from "node:child_process";
-import { createHmac } from "node:crypto";
+import { createHash, createHmac, randomBytes } from "node:crypto";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import net from "node:net";
@@ -13,9 +13,30 @@ const here = dirname(fileURLToPath(import.meta.url));
 const BIN = process.env.SWITCHBOARD_BIN ?? join(here, "../../../target/debug/switchboard");
 const ADMIN = "sdk-test-admin-token-0123456789";
 
-export async function startServer() {
+/** A config with the admin token; with `demo`, also the org "demo" in the
+ * file (an HS256 secret and an API key) and the demo page on. */
+function config(demo) {
+  let text = `admin_token = "${ADMIN}"\n`;
+  let demoOrg;
+  if (demo) {
+    const secret = randomBytes(32).toString("base64url");
+    const keySecret = randomBytes(32).toString("base64url");
+    demoOrg = { secret, key: `sbk.demo.k1.${keySecret}` };
+    const sha = createHash("sha256").update(keySecret).digest("hex");
+    text += `demo_org = "demo"\n`;
+    text += `[limits]\npublish_rate = 0\n`;
+    text += `[[orgs]]\nid = "demo"\n[[orgs.jwt_keys]]\nalg = "HS256"\nsecret = "${secret}"\n`;
+    text += `[[orgs.api_keys]]\nid = "k1"\nsha256 = "${sha}"\n`;
+  } else {
+    text += `[limits]\npublish_rate = 0\n`;
+  }
+  return { text, demoOrg };
+}
+
+export async function startServer({ demo = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "sb-sdk-"));
-  writeFileSync(join(dir, "switchboard.toml"), `admin_token = "${ADMIN}"\n[limits]\npublish_rate = 0\n`);
+  const { text, demoOrg } = config(demo);
+  writeFileSync(join(dir, "switchboard.toml"), text);
   const child = spawn(BIN, ["serve", "--listen", "127.0.0.1:0", "--log-format", "json",
     "--config", join(dir, "switchboard.toml"), "--data-dir", join(dir, "data")], { stdio: ["ignore", "ignore", "pipe"] });
   const addr = await new Promise((resolve, reject) => {
@@ -41,10 +62,17 @@ export async function startServer() {
     const text = await res.text();
     return { status: res.status, body: text ? JSON.parse(text) : null };
   };
-  const org = "sdk";
-  const made = await api("POST", "/v1/orgs", { id: org });
-  const key = await api("POST", `/v1/orgs/${org}/keys`, { name: "backend" });
-  const secret = made.body.hs256_secret;
+  let org, secret, key;
+  if (demoOrg) {
+    org = "demo";
+    secret = demoOrg.secret;
+    key = { body: { key: demoOrg.key } };
+  } else {
+    org = "sdk";
+    const made = await api("POST", "/v1/orgs", { id: org });
+    key = await api("POST", `/v1/orgs/${org}/keys`, { name: "backend" });
+    secret = made.body.hs256_secret;
+  }
   const token = (sub, { ttl = 600, publish = [">"] } = {}) => {
     const b64 = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
     const now = Math.floor(Date.now() / 1000);
@@ -75,7 +103,7 @@ export async function startServer() {
     }
   };
   return {
-    addr, org, api, token, publish, startAgent,
+    addr, org, api, token, publish, startAgent, base,
     wsUrl: `ws://${addr}/v1/ws`,
     stop: () => { for (const a of agents) a.kill(); child.kill(); },
   };

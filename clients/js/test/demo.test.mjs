@@ -1,0 +1,62 @@
+// The demo page in real (headless) Chromium, against a real server and the
+// echo agent: a reply streams token by token, and a reload mid-reply shows
+// the text so far, then the rest. Screenshots go to target/e2e/.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { startServer } from "./server.mjs";
+
+const shots = join(dirname(fileURLToPath(import.meta.url)), "../../../target/e2e");
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+let server, browser;
+
+before(async () => {
+  mkdirSync(shots, { recursive: true });
+  server = await startServer({ demo: true });
+  await server.startAgent();
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+after(async () => {
+  await browser?.close();
+  server?.stop();
+});
+
+test("the demo streams a reply and a reload mid-reply picks it up", async () => {
+  const page = await browser.newPage();
+  await page.goto(`${server.base}/demo`);
+  await page.waitForSelector('#status[data-state="open"]', { timeout: 10_000 });
+  const words = Array.from({ length: 80 }, (_, i) => `word${i}`).join(" ");
+  const reversed = [...words].reverse().join("");
+  await page.fill("#text", words);
+  await page.click("button");
+  // Streaming: some of the reply, not all of it.
+  const agent = page.locator(".agent").first();
+  await page.waitForFunction(() => {
+    const el = document.querySelector(".agent");
+    return el && el.dataset.status === "streaming" && el.textContent.length > 20;
+  }, null, { timeout: 10_000 });
+  const before = await agent.textContent();
+  assert.ok(reversed.startsWith(before), "the text so far is the reply's start");
+  await page.screenshot({ path: join(shots, "demo-streaming.png") });
+  await page.reload();
+  await page.waitForSelector('#status[data-state="open"]', { timeout: 10_000 });
+  // The conversation comes back (the visitor's line and the reply so far)...
+  await page.waitForFunction((n) => {
+    const el = document.querySelector(".agent");
+    return el && el.textContent.length >= n;
+  }, before.length, { timeout: 10_000 });
+  assert.equal(await page.locator(".you").first().textContent(), words);
+  // ...and the rest streams in.
+  await page.waitForFunction(() => document.querySelector(".agent")?.dataset.status === "done", null, { timeout: 20_000 });
+  assert.equal(await page.locator(".agent").first().textContent(), reversed);
+  assert.equal(await page.locator(".agent").count(), 1, "one bubble for the turn");
+  await page.screenshot({ path: join(shots, "demo-after-reload.png") });
+  await page.close();
+});
