@@ -331,7 +331,10 @@ export class Client {
           sub.opts.onReset?.(sub.channel);
         }
         sub.epoch = ack.epoch;
-        sub.top = ack.offset;
+        // A fresh subscription owes nothing up to the top; a resumed one is
+        // owed the replay of (since, top], which a drop may cut short: it
+        // keeps resuming from what it got.
+        if (frame.since === undefined || ack.recovered === false) sub.top = ack.offset;
         sub.opts.onSubscribed?.({ epoch: ack.epoch, top: ack.offset });
       },
       (err: SwitchboardError) => {
