@@ -130,3 +130,23 @@ test("an agent's turn folds into one object; a client joining mid-turn picks it 
   first.close();
   second.close();
 });
+
+test("a resume the server cannot recover says so and starts afresh", async () => {
+  const client = new Client({ url: server.wsUrl, token: server.token("frank") });
+  const resets = [];
+  const got = [];
+  client.subscribe("reset.1", {
+    since: 5,
+    epoch: "an-epoch-of-another-life",
+    onReset: (channel) => resets.push(channel),
+    onMessage: (m) => got.push(m.offset),
+  });
+  client.connect();
+  await until(() => resets.length === 1, 5000, "the reset");
+  assert.deepEqual(resets, ["reset.1"]);
+  const offset = await server.publish("reset.1", "after");
+  await until(() => got.length === 1, 5000, "the next message");
+  assert.deepEqual(got, [offset]);
+  assert.equal(client.position("reset.1").since, offset);
+  client.close();
+});
