@@ -126,7 +126,7 @@ impl Accounts {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Orgs with a connection open on this pod.
+    /// Orgs this pod holds a connection for (open, or being opened).
     pub fn open_orgs(&self) -> usize {
         self.slots.lock().len()
     }
@@ -458,7 +458,10 @@ impl Accounts {
                 }
                 change = changes.recv() => {
                     if let Ok(Change::Delete { key, .. }) = change
-                        && let Some(org) = key.strip_prefix("accounts.").and_then(|o| OrgId::new(o).ok())
+                        && let Some(org) = key
+                            .strip_prefix(key::ACCOUNTS)
+                            .and_then(|rest| rest.strip_prefix('.'))
+                            .and_then(|o| OrgId::new(o).ok())
                     {
                         self.slots.lock().remove(&org);
                     }

@@ -18,6 +18,7 @@ use switchboard_actors::{
     Published,
 };
 use switchboard_proto::{ChannelName, OrgId, PreparedFrame};
+use tokio::sync::OnceCell;
 
 use super::live::Feed;
 use super::stream::{OrgStream, Stored};
@@ -31,9 +32,9 @@ pub struct NatsBackplane {
     open_org: OpenOrg,
     hub: Arc<Hub>,
     limits: HistoryLimits,
-    /// Each org's stream, opened on first use; the lock makes concurrent
-    /// first uses open it once.
-    streams: tokio::sync::Mutex<HashMap<OrgId, Arc<OrgStream>>>,
+    /// Each org's stream, opened once on first use (concurrent first uses
+    /// wait for the one opening it).
+    streams: Mutex<HashMap<OrgId, Arc<OnceCell<Arc<OrgStream>>>>>,
     /// The live feed of each attached channel.
     feeds: Mutex<HashMap<ChannelKey, tokio::task::AbortHandle>>,
 }
@@ -52,19 +53,18 @@ impl NatsBackplane {
             open_org,
             hub,
             limits,
-            streams: tokio::sync::Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
             feeds: Mutex::new(HashMap::new()),
         }
     }
 
     async fn stream(&self, org: &OrgId) -> Result<(async_nats::Client, Arc<OrgStream>), BackplaneError> {
         let client = (self.open_org)(org.clone()).await?;
-        let mut streams = self.streams.lock().await;
-        if let Some(s) = streams.get(org) {
-            return Ok((client, s.clone()));
-        }
-        let stream = Arc::new(OrgStream::open(client.clone(), self.limits).await?);
-        streams.insert(org.clone(), stream.clone());
+        let cell = self.streams.lock().entry(org.clone()).or_default().clone();
+        let stream = cell
+            .get_or_try_init(|| async { OrgStream::open(client.clone(), self.limits).await.map(Arc::new) })
+            .await?
+            .clone();
         Ok((client, stream))
     }
 
@@ -178,9 +178,7 @@ impl Backplane for NatsBackplane {
             }
             keep
         });
-        if let Ok(mut streams) = self.streams.try_lock() {
-            streams.remove(org);
-        }
+        self.streams.lock().remove(org);
     }
 }
 
