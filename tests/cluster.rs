@@ -311,3 +311,35 @@ async fn a_revocation_or_an_org_deleted_on_one_pod_closes_connections_on_the_oth
     let mut other = Client::connect_all(&b, "globex").await;
     other.ping(1).await;
 }
+
+#[tokio::test]
+async fn ready_and_metrics_say_when_nats_is_out_of_reach_and_sockets_stay_open() {
+    let mut nats = Nats::start().await;
+    let pod = TestServer::start_cluster(&nats, |_| {}).await;
+    let mut client = Client::connect_all(&pod, "acme").await;
+    let ready = || async { get(&pod.url("/ready"), None).await };
+    assert_eq!(ready().await.0, 200);
+    assert_eq!(pod.metric("switchboard_nats_connected").await, 1.0);
+    nats.kill();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let (status, body) = loop {
+        let (status, body) = ready().await;
+        if status == 503 || tokio::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((status, body["status"].as_str()), (503, Some("nats_unreachable")));
+    assert_eq!(pod.metric("switchboard_nats_connected").await, 0.0);
+    client.ping(1).await;
+    nats.revive(false).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    while ready().await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ready again once NATS is back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.ping(2).await;
+}

@@ -34,6 +34,7 @@ pub const NATS_ORG_CONNECTIONS: &str = "switchboard_nats_org_connections";
 pub const NATS_ORG_OPEN_SECONDS: &str = "switchboard_nats_org_open_seconds";
 pub const NATS_ACCOUNTS_MADE: &str = "switchboard_nats_accounts_made_total";
 pub const PUBLISHER_EVENTS: &str = "switchboard_nats_publisher_events_total";
+pub const NATS_CONNECTED: &str = "switchboard_nats_connected";
 
 /// Registers descriptions so `/metrics` documents itself.
 pub fn describe() {
@@ -110,6 +111,10 @@ pub fn describe() {
         "Opening an org's NATS connection on this pod, its account made first if new"
     );
     describe_counter!(NATS_ACCOUNTS_MADE, "Org NATS accounts this pod made");
+    describe_gauge!(
+        NATS_CONNECTED,
+        "1 while this pod's connection to NATS is up, 0 while it is not (cluster mode)"
+    );
     describe_counter!(
         PUBLISHER_EVENTS,
         "Events from NATS publishers, by result (delivered, malformed, oversized, refused)"

@@ -63,6 +63,12 @@ pub struct App {
 }
 
 impl App {
+    /// In cluster mode, whether the pod's connection to NATS (the broker
+    /// user's, which carries the registry) is up; `None` on a pod of its own.
+    pub fn nats_connected(&self) -> Option<bool> {
+        self.accounts.as_ref().map(|a| a.nats_connected())
+    }
+
     /// In cluster mode, opens this pod's connection into `org`'s NATS
     /// account (making the account on the org's first use anywhere). Data
     /// still flows through this pod without it, so a failure is logged.

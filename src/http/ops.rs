@@ -1,5 +1,6 @@
 //! Probes and metrics: `/health` (the process answers), `/ready` (it takes
-//! new work; false while draining), `/metrics` (Prometheus text).
+//! new work; false while draining, and in cluster mode while NATS is out of
+//! reach), `/metrics` (Prometheus text).
 
 use std::sync::Arc;
 
@@ -17,21 +18,23 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-#[utoipa::path(get, path = "/ready", tag = "ops", responses((status = 200, description = "taking work", body = serde_json::Value), (status = 503, description = "draining", body = serde_json::Value)))]
+#[utoipa::path(get, path = "/ready", tag = "ops", responses((status = 200, description = "taking work", body = serde_json::Value), (status = 503, description = "draining, or NATS out of reach (cluster mode)", body = serde_json::Value)))]
 pub async fn ready(State(app): State<Arc<App>>) -> Response {
-    if app.is_ready() {
-        Json(json!({"status": "ready"})).into_response()
+    let status = if !app.is_ready() {
+        "draining"
+    } else if app.nats_connected() == Some(false) {
+        "nats_unreachable"
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "draining"})),
-        )
-            .into_response()
-    }
+        return Json(json!({"status": "ready"})).into_response();
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": status }))).into_response()
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    if let Some(up) = app.nats_connected() {
+        metrics::gauge!(switchboard_actors::telemetry::NATS_CONNECTED).set(f64::from(u8::from(up)));
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.prometheus.render(),

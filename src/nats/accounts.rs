@@ -126,6 +126,11 @@ impl Accounts {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// Whether the pod's broker connection (the registry's) is up.
+    pub fn nats_connected(&self) -> bool {
+        self.cluster.broker.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// Orgs this pod holds a connection for (open, or being opened).
     pub fn open_orgs(&self) -> usize {
         self.slots.lock().len()

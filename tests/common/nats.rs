@@ -84,8 +84,18 @@ impl Nats {
     /// `forget_accounts` first deletes the accounts its resolver stored (the
     /// system and broker accounts come back from the config's preload).
     pub async fn restart(&mut self, forget_accounts: bool) {
+        self.kill();
+        self.revive(forget_accounts).await;
+    }
+
+    /// Stops nats-server (until [`Nats::revive`]).
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts nats-server again on the same port and data.
+    pub async fn revive(&mut self, forget_accounts: bool) {
         if forget_accounts {
             for entry in std::fs::read_dir(self.dir.join("jwt")).unwrap() {
                 let path = entry.unwrap().path();
