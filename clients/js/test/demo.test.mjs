@@ -109,3 +109,32 @@ test("the token is renewed before it expires without a visible gap", async () =>
   assert.deepEqual(await page.evaluate(() => window.demo.seen), sent, "no gap, no duplicate across renewals");
   await page.close();
 });
+
+test("a token that expires on an open socket is replaced through getToken without a gap", async () => {
+  const page = await browser.newPage();
+  // The first token the page gets expired 28 s ago: the server takes it
+  // (30 s leeway) and closes the socket with 4001 two seconds later.
+  let served = 0;
+  await page.route("**/demo/token", async (route) => {
+    served += 1;
+    if (served === 1) {
+      await route.fulfill({ json: { token: server.token("visitor-expiring", { ttl: -28 }) } });
+    } else {
+      await route.continue();
+    }
+  });
+  const closes = [];
+  await page.exposeFunction("noteClose", (code) => closes.push(code));
+  // Renewing 40 s after `exp` leaves the expiry to the server.
+  await page.goto(`${server.base}/demo?renew=-40000`);
+  await page.waitForSelector('#status[data-state="open"]', { timeout: 10_000 });
+  await page.evaluate(() => window.demo.client.on("close", (code) => window.noteClose(code)));
+  const channel = await page.evaluate(() => window.demo.channel);
+  await page.waitForFunction(() => window.demo.client.position(window.demo.channel).epoch !== undefined);
+  const sent = await publishMany(channel, 40, () => new Promise((r) => setTimeout(r, 100)));
+  await page.waitForFunction((n) => window.demo.seen.length >= n, sent.length, { timeout: 10_000 });
+  assert.ok(closes.includes(4001), `the server closed the expired socket (closes: ${closes})`);
+  assert.ok(served >= 2, "getToken was asked again");
+  assert.deepEqual(await page.evaluate(() => window.demo.seen), sent, "no gap, no duplicate across the expiry");
+  await page.close();
+});
