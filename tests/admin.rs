@@ -17,19 +17,6 @@ fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
-async fn create_org(server: &TestServer, id: &str) -> Value {
-    let (status, body) = call(
-        server,
-        Method::POST,
-        "/v1/orgs",
-        Some(ADMIN_TOKEN),
-        Some(json!({"id": id, "name": "Initech"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body
-}
-
 fn client_token(org: &str, secret: &str) -> String {
     sign_hs256(
         secret,

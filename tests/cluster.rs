@@ -20,15 +20,7 @@ use switchboard_proto::OrgId;
 async fn an_org_made_on_one_pod_serves_on_the_other_and_gets_one_account() {
     let nats = Nats::start().await;
     let (a, b) = two_pods(&nats).await;
-    let (status, made) = call(
-        &a,
-        Method::POST,
-        "/v1/orgs",
-        Some(ADMIN_TOKEN),
-        Some(json!({"id": "initech"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let made = create_org(&a, "initech").await;
     let secret = made["hs256_secret"].as_str().unwrap();
     let token = token_signed(
         secret,

@@ -8,79 +8,30 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::PATIENCE;
-use common::nats::free_port;
+use common::nats::{Nats, claims};
 use common::process::run;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn nats_init_makes_an_operator_mode_deployment_nats_server_accepts() {
-    let dir = tempfile::tempdir().unwrap();
-    let (port, http) = (free_port(), free_port());
-    let out = run(
-        dir.path(),
-        &[
-            "nats",
-            "init",
-            "--out",
-            "nats",
-            "--port",
-            &port.to_string(),
-            "--http-port",
-            &http.to_string(),
-        ],
-    );
-    assert!(out.status.success(), "{out:?}");
-    let nats = dir.path().join("nats");
-    for secret in ["operator.nk", "operator-signing.nk", "sys.creds", "broker.creds"] {
-        let mode = std::fs::metadata(nats.join(secret)).unwrap().permissions().mode();
+    let nats = Nats::start().await;
+    for secret in [
+        "operator.nk",
+        "operator-signing.nk",
+        "sys.creds",
+        "broker.creds",
+        "master.key",
+    ] {
+        let mode = std::fs::metadata(nats.dir.join(secret))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{secret} is private");
     }
-    let _server = Killed(
-        Command::new("nats-server")
-            .args(["-c", nats.join("nats-server.conf").to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (scripts/test.sh installs it)"),
-    );
-    let url = format!("nats://127.0.0.1:{port}");
-    let connect = |creds: &'static str| {
-        let (url, path) = (url.clone(), nats.join(creds));
-        async move {
-            let deadline = tokio::time::Instant::now() + PATIENCE;
-            loop {
-                match async_nats::ConnectOptions::with_credentials_file(&path)
-                    .await
-                    .unwrap()
-                    .max_reconnects(Some(1))
-                    .connect(&url)
-                    .await
-                {
-                    Ok(c) => return c,
-                    Err(e) if tokio::time::Instant::now() < deadline => {
-                        let _ = e;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(e) => panic!("{creds} does not connect: {e}"),
-                }
-            }
-        }
-    };
     // The broker's account has JetStream (read `$JS.API.INFO` directly:
     // async-nats 0.51 does not parse 2.9's account info, NATS.md trap 8).
-    let broker = connect("broker.creds").await;
+    let broker = nats.connect("broker.creds").await;
     let info = tokio::time::timeout(PATIENCE, broker.request("$JS.API.INFO", "".into()))
         .await
         .unwrap()
@@ -92,18 +43,9 @@ async fn nats_init_makes_an_operator_mode_deployment_nats_server_accepts() {
     );
     assert_eq!(info["type"], "io.nats.jetstream.api.v1.account_info_response");
     // The system user reads the broker's account back from the resolver.
-    let broker_account = std::fs::read_to_string(nats.join("broker-account.jwt")).unwrap();
-    let claims: serde_json::Value = {
-        let body = broker_account.split('.').nth(1).unwrap();
-        use base64::Engine;
-        serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(body)
-                .unwrap(),
-        )
-        .unwrap()
-    };
-    let sys = connect("sys.creds").await;
+    let broker_account = std::fs::read_to_string(nats.dir.join("broker-account.jwt")).unwrap();
+    let claims = claims(&broker_account);
+    let sys = nats.connect("sys.creds").await;
     let subject = format!(
         "$SYS.REQ.ACCOUNT.{}.CLAIMS.LOOKUP",
         claims["sub"].as_str().unwrap()
@@ -114,7 +56,7 @@ async fn nats_init_makes_an_operator_mode_deployment_nats_server_accepts() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&reply.payload), broker_account);
 
-    let again = run(dir.path(), &["nats", "init", "--out", "nats"]);
+    let again = run(&nats.dir, &["nats", "init", "--out", "."]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 }

@@ -146,15 +146,7 @@ async fn nats_keeps_orgs_and_subjects_apart() {
 async fn revoking_a_publisher_cuts_only_it_and_deleting_the_org_cuts_everything() {
     let nats = Nats::start().await;
     let (a, b) = two_pods(&nats).await;
-    let (status, _) = call(
-        &a,
-        Method::POST,
-        "/v1/orgs",
-        Some(ADMIN_TOKEN),
-        Some(json!({"id": "initech"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
+    create_org(&a, "initech").await;
     let one = create_publisher(&a, "initech", json!({"name": "one"})).await;
     let two = create_publisher(&b, "initech", json!({"name": "two"})).await;
     let (_one, mut one_events) = publisher(&nats, &one).await;
@@ -213,15 +205,7 @@ async fn revoking_a_publisher_cuts_only_it_and_deleting_the_org_cuts_everything(
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     // The id can be used again: a new org, a new account.
-    let (status, _) = call(
-        &b,
-        Method::POST,
-        "/v1/orgs",
-        Some(ADMIN_TOKEN),
-        Some(json!({"id": "initech"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
+    create_org(&b, "initech").await;
     let again = create_publisher(&b, "initech", json!({"name": "one"})).await;
     let (client, _) = publisher(&nats, &again).await;
     tokio::time::timeout(PATIENCE, client.flush())

@@ -105,6 +105,9 @@ impl Accounts {
         channels: Arc<Channels>,
         max_event_bytes: usize,
     ) -> Arc<Accounts> {
+        // Unbounded but bounded in fact: a connection reports once (its
+        // `broken` flag is swapped first), so it holds at most one notice per
+        // org connection; a rare control message, never data.
         let (troubled, troubles) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Accounts {
             troubled,

@@ -33,6 +33,17 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> BackplaneError {
     BackplaneError::Unavailable(format!("{what}: {e}"))
 }
 
+/// A direct get's message, `None` when there is none.
+fn found(
+    got: Result<jetstream::message::StreamMessage, stream::DirectGetError>,
+) -> Result<Option<jetstream::message::StreamMessage>, BackplaneError> {
+    match got {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(unavailable("history read", e)),
+    }
+}
+
 /// One org's stream, over this pod's connection into the org's account.
 pub struct OrgStream {
     js: jetstream::Context,
@@ -104,31 +115,23 @@ impl OrgStream {
         channel: &ChannelName,
         after: u64,
     ) -> Result<Option<Stored>, BackplaneError> {
-        match self
+        let got = self
             .stream
             .direct_get_next_for_subject(subjects::channel(channel), Some(after + 1))
-            .await
-        {
-            Ok(m) => Ok(Some(Stored {
-                offset: m.sequence,
-                payload: m.payload,
-            })),
-            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(unavailable("history read", e)),
-        }
+            .await;
+        Ok(found(got)?.map(|m| Stored {
+            offset: m.sequence,
+            payload: m.payload,
+        }))
     }
 
     /// The offset of `channel`'s newest retained message, if any.
     pub async fn last(&self, channel: &ChannelName) -> Result<Option<u64>, BackplaneError> {
-        match self
+        let got = self
             .stream
             .direct_get_last_for_subject(subjects::channel(channel))
-            .await
-        {
-            Ok(m) => Ok(Some(m.sequence)),
-            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(unavailable("history read", e)),
-        }
+            .await;
+        Ok(found(got)?.map(|m| m.sequence))
     }
 
     /// Up to `limit` messages of `channel` after offset `after`, in order,

@@ -208,6 +208,20 @@ pub async fn call(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// Makes org `id` with the admin token; its answer (the HS256 secret once).
+pub async fn create_org(server: &TestServer, id: &str) -> Value {
+    let (status, body) = call(
+        server,
+        reqwest::Method::POST,
+        "/v1/orgs",
+        Some(ADMIN_TOKEN),
+        Some(serde_json::json!({"id": id, "name": "Initech"})),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    body
+}
+
 /// A client token for `org` (signed with its secret), valid for an hour.
 pub fn token(org: &str, sub: &str, subscribe: &[&str], publish: &[&str]) -> String {
     token_signed(&secret(org), org, sub, subscribe, publish, now_secs() + 3600)
