@@ -36,6 +36,8 @@ const MAX_REPUSHES: usize = 10;
 /// attempts (a revoked account would retry forever: NATS.md, trap 9); the
 /// pool opens a fresh one on the next use.
 const ORG_RECONNECTS: usize = 30;
+/// Broken-connection notices waiting for the pool's supervisor.
+const TROUBLE_NOTICES: usize = 1024;
 /// A broken org connection that could not be opened again is retried after this.
 const REOPEN_PAUSE: Duration = Duration::from_secs(1);
 
@@ -94,8 +96,8 @@ pub struct Accounts {
     slots: Mutex<HashMap<OrgId, Arc<Slot>>>,
     started: tokio::time::Instant,
     /// Orgs whose connection broke, for [`Accounts::run`] to open again.
-    troubled: tokio::sync::mpsc::UnboundedSender<OrgId>,
-    troubles: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<OrgId>>>,
+    troubled: tokio::sync::mpsc::Sender<OrgId>,
+    troubles: Mutex<Option<tokio::sync::mpsc::Receiver<OrgId>>>,
 }
 
 impl Accounts {
@@ -105,10 +107,9 @@ impl Accounts {
         channels: Arc<Channels>,
         max_event_bytes: usize,
     ) -> Arc<Accounts> {
-        // Unbounded but bounded in fact: a connection reports once (its
-        // `broken` flag is swapped first), so it holds at most one notice per
-        // org connection; a rare control message, never data.
-        let (troubled, troubles) = tokio::sync::mpsc::unbounded_channel();
+        // A notice dropped when this is full loses nothing: the broken
+        // connection is opened again on its org's next use anyway.
+        let (troubled, troubles) = tokio::sync::mpsc::channel(TROUBLE_NOTICES);
         Arc::new(Accounts {
             troubled,
             troubles: Mutex::new(Some(troubles)),
@@ -354,7 +355,7 @@ impl Accounts {
                     _ => false,
                 };
                 if refused && !flag.swap(true, Ordering::AcqRel) {
-                    let _ = troubled.send(org);
+                    let _ = troubled.try_send(org);
                 }
             }
         })
@@ -459,7 +460,7 @@ impl Accounts {
                             if let Err(e) = pool.open(&org).await {
                                 tracing::warn!(org = %org, error = %e, "cannot open the org's NATS connection again; retrying");
                                 tokio::time::sleep(REOPEN_PAUSE).await;
-                                let _ = pool.troubled.send(org);
+                                let _ = pool.troubled.try_send(org);
                             }
                         });
                     }
