@@ -1,10 +1,8 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! The admin API over real HTTP: orgs (admin token), users (idempotent),
 //! scoped API keys, ticket keys and the audit log; cross-org attempts,
 //! revocation, and a registry that survives a restart.
 
-mod common;
+use crate::common;
 
 use common::*;
 use reqwest::{Method, StatusCode};

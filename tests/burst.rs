@@ -1,11 +1,9 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! Bursts: publishers pipelining thousands of messages as fast as their
 //! sockets take them, so the server handles many publishes per read and
 //! coalesces its writes. Every subscriber still gets every message exactly
 //! once, in order, and nobody is cut off as a slow consumer.
 
-mod common;
+use crate::common;
 
 use common::*;
 use futures_util::StreamExt;

@@ -1,12 +1,10 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! Cluster mode, part 1, against a real nats-server in operator mode and two
 //! pods: start-up that fails loud, the shared registry and its changes
 //! enforced on every pod, and one NATS account per org made once however
 //! many first uses race, kept current and pushed again when NATS loses it.
 //! Publishers and isolation are in `tests/publishers.rs`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

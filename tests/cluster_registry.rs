@@ -1,10 +1,8 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! The registry's JetStream key-value backend against a real nats-server in
 //! operator mode: the same checks the embedded backend passes, and a write
 //! on one pod's store reaching another pod's watcher.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::PATIENCE;

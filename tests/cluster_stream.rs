@@ -1,12 +1,10 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! The cluster data plane (in progress) against a real nats-server: an
 //! org's channel stream (offsets from its sequence, per-channel history,
 //! a stable epoch), a channel's live feed, which delivers each message once
 //! and in order and repairs a gap from the stream, and the backplane over
 //! them feeding two pods' hubs.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

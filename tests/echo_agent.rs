@@ -1,10 +1,8 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! `examples/echo_agent.rs` run as the README says: it mints a session for
 //! `role:main-ai`, a client's `send` comes back as a streamed turn, and a
 //! restarted agent resumes its session and gets what was sent meanwhile.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 

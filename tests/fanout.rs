@@ -1,9 +1,7 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! Fan-out at scale: 1,000 real WebSocket subscribers on one channel, each
 //! receiving every message exactly once, in order.
 
-mod common;
+use crate::common;
 
 use common::*;
 use futures_util::StreamExt;

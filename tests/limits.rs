@@ -1,11 +1,9 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! Per-connection limits and broken WebSocket input over real sockets: the
 //! subscription cap, the subscribe rate, a frame trickled too slowly,
 //! text that is not UTF-8, malformed close frames, refused upgrades.
 //! Frames a WebSocket library would never send are written raw under it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,10 +1,8 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! Memory no client can inflate, measured on a real `switchboard serve`
 //! process (its resident set, from /proc): what one hostile connection, or a
 //! few hundred, can make the pod hold.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,11 +1,9 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! `switchboard nats init` against a real nats-server: the server starts in
 //! operator mode from the generated config, the broker's credentials connect
 //! with JetStream on, the system user reads the accounts back, secrets are
 //! private, and a second init refuses to replace the operator.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 

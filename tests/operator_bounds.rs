@@ -1,10 +1,8 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! The operator side, bounded: sessions per org, live turns per session and
 //! per channel, bytes per turn, the rollup window a turn may ask for. (That
 //! frames for an operator are never lost silently is in `operator_rebuffer.rs`.)
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

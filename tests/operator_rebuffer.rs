@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! Frames acknowledged to a client are never lost silently: when the
 //! operator's socket dies with them still queued, they go to its next socket,
 //! in order, and what no longer fits the session's buffer is counted in the
@@ -7,6 +5,8 @@
 //!
 //! One test in this binary: it reads the process-wide queue metric to know
 //! when frames start to wait in the dying socket's queue.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
 

@@ -1,10 +1,8 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! Operator sessions: minting with atomic role claims, the session's bearer
 //! token, its socket (reconnect resumes, a second socket replaces the first),
 //! expiry, and routing of client `send` frames to it, within its org only.
 
-mod common;
+use crate::common;
 
 use common::*;
 use reqwest::Method;

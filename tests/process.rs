@@ -1,9 +1,7 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! The `switchboard` binary as a user runs it: `init`, `token`, `serve`
 //! (with and without a config), and SIGTERM draining.
 
-mod common;
+use crate::common;
 
 use common::PATIENCE;
 use common::process::{run, serve, sigterm, wait_exit};

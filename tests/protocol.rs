@@ -2,9 +2,7 @@
 //! bad input (each answered with its code while the connection keeps
 //! working), refused upgrades, and org isolation.
 
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

@@ -1,11 +1,9 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! Publishers on NATS (cluster mode) against a real nats-server and two
 //! pods: their events reach WebSocket subscribers on both pods (from a Rust
 //! and a Python client), bad events are dropped and counted, revocation and
 //! org deletion cut them, and NATS itself keeps orgs and subjects apart.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

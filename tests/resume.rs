@@ -1,11 +1,9 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! Exact resume: a subscriber that is cut off and comes back with its last
 //! offset gets exactly what it missed, then live messages, with no gap and no
 //! duplicate, while a publisher keeps publishing. When history cannot cover
 //! the gap, it is told so (`recovered: false`).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

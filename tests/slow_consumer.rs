@@ -1,11 +1,11 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! A subscriber that stops reading is cut off as a slow consumer once its
 //! queue passes its bound in bytes (1 MiB by default), the others receive
 //! everything, in order, without waiting for it, and the cut itself is
 //! clean: whole frames, then a 4008 close frame, never a close inside a frame.
 //!
 //! One test in this binary: its metric counts are exact.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
 

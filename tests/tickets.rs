@@ -1,10 +1,8 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! WebSocket tickets: a backend mints one with its API key, a browser
 //! connects with `?ticket=` and gets exactly the ticket's grants; forged,
 //! foreign, expired and malformed tickets are refused before the upgrade.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};

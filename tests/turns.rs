@@ -1,11 +1,9 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-
 //! Agent turns streamed by an operator: tokens in order to every watcher,
 //! one snapshot (not a replay) for whoever joins or resumes mid-turn, one
 //! compacted message in history once it ends, rollup, and `operator_gone`
 //! when the operator does not come back.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
