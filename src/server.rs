@@ -5,15 +5,15 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use switchboard_actors::{CloseReason, Hub, InProcess, Tree};
+use switchboard_actors::{Backplane, BackplaneError, CloseReason, History, Hub, InProcess, Tree};
 
 use crate::ws::liveness::Heartbeat;
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::http::{App, router};
 use crate::nats::accounts::Accounts;
+use crate::nats::backplane::{NatsBackplane, OpenOrg};
 use crate::nats::cluster::Cluster;
 use crate::registry::Registry;
 use crate::ws::WsSettings;
@@ -54,7 +55,6 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let hub = Arc::new(Hub::new());
-        let memory = Arc::new(InProcess::new(Arc::clone(&hub), settings.history));
         let (registry, cluster) = match &settings.cluster {
             None => (
                 Registry::open_dir(&settings.data_dir, &settings.master_key).await?,
@@ -71,14 +71,25 @@ impl Server {
             .import(&settings.orgs)
             .await
             .context("cannot import the config file's orgs into the registry")?;
-        let tree = Tree::start(hub, memory.clone(), memory, settings.limits.clone()).await?;
-        let accounts = cluster.map(|cluster| {
-            Accounts::new(
-                cluster,
-                registry.clone(),
-                Arc::clone(&tree.services().channels),
-                settings.max_frame_bytes,
-            )
+        // Cluster mode: the backplane reaches each org through the account
+        // pool, which hands publishers' events to the backplane; the pool is
+        // set once both exist.
+        let pool: Arc<OnceLock<Arc<Accounts>>> = Arc::default();
+        let nats = cluster
+            .as_ref()
+            .map(|_| NatsBackplane::new(open_org(Arc::clone(&pool)), Arc::clone(&hub), settings.history));
+        let (backplane, history): (Arc<dyn Backplane>, Arc<dyn History>) = match &nats {
+            Some(nats) => (nats.clone(), nats.clone()),
+            None => {
+                let memory = Arc::new(InProcess::new(Arc::clone(&hub), settings.history));
+                (memory.clone(), memory)
+            }
+        };
+        let tree = Tree::start(hub, backplane, history, settings.limits.clone()).await?;
+        let accounts = cluster.zip(nats).map(|(cluster, nats)| {
+            let accounts = Accounts::new(cluster, registry.clone(), nats, settings.max_frame_bytes);
+            let _ = pool.set(Arc::clone(&accounts));
+            accounts
         });
         let app = Arc::new(App {
             accounts,
@@ -229,6 +240,22 @@ impl Server {
         self.tree.stop().await;
         tracing::info!("stopped");
     }
+}
+
+/// How the NATS backplane opens an org: through the account pool, once it exists.
+fn open_org(pool: Arc<OnceLock<Arc<Accounts>>>) -> OpenOrg {
+    Arc::new(move |org| {
+        let pool = Arc::clone(&pool);
+        Box::pin(async move {
+            let accounts = pool
+                .get()
+                .ok_or_else(|| BackplaneError::Unavailable("the account pool is not up yet".into()))?;
+            accounts
+                .open_conn(&org)
+                .await
+                .map_err(|e| BackplaneError::Unavailable(e.to_string()))
+        })
+    })
 }
 
 async fn serve_http(stream: TcpStream, routes: axum::Router, cancel: CancellationToken) {

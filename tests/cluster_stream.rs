@@ -18,7 +18,7 @@ use switchboard::nats::stream::{OrgStream, Stored};
 use switchboard_actors::{
     Backplane, BackplaneError, ChannelKey, Event, History, HistoryLimits, Hub, MemorySink, Position,
 };
-use switchboard_proto::{ChannelName, ConnId, OrgId};
+use switchboard_proto::{ChannelName, ConnId, OrgId, subjects};
 
 async fn org_stream(pod: &TestServer, org: &str) -> (async_nats::Client, OrgStream) {
     let client = pod
@@ -54,28 +54,34 @@ async fn offsets_come_from_the_stream_and_history_is_per_channel() {
     {
         offsets.push(
             stream
-                .publish(channel, Bytes::from(format!("{i}")))
+                .publish_message(channel, Bytes::from(format!("{i}")))
                 .await
                 .unwrap(),
         );
     }
     assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
-    let read = on_b.read(&x, 0, u64::MAX, 10).await.unwrap();
+    let read = on_b.read(&subjects::channel(&x), 0, u64::MAX, 10).await.unwrap();
     let got: Vec<(u64, &[u8])> = read.iter().map(|m| (m.offset, &m.payload[..])).collect();
     assert_eq!(
         got,
         vec![(offsets[0], &b"0"[..]), (offsets[2], b"2"), (offsets[3], b"3")]
     );
-    assert_eq!(on_a.last(&x).await.unwrap(), Some(offsets[3]));
-    assert_eq!(on_a.last(&ch("chat.none")).await.unwrap(), None);
+    assert_eq!(on_a.last(&subjects::channel(&x)).await.unwrap(), Some(offsets[3]));
     assert_eq!(
-        on_a.read(&x, offsets[0], offsets[2], 10).await.unwrap().len(),
+        on_a.last(&subjects::channel(&ch("chat.none"))).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        on_a.read(&subjects::channel(&x), offsets[0], offsets[2], 10)
+            .await
+            .unwrap()
+            .len(),
         1,
         "bounded by `through`"
     );
     // Another org's stream is its own: same subjects, nothing shared.
     let (_, globex) = org_stream(&a, "globex").await;
-    assert_eq!(globex.last(&x).await.unwrap(), None);
+    assert_eq!(globex.last(&subjects::channel(&x)).await.unwrap(), None);
     assert_ne!(globex.epoch(), on_a.epoch());
 }
 
@@ -86,27 +92,42 @@ async fn the_live_feed_delivers_once_in_order_and_repairs_a_gap() {
     let (client, stream) = org_stream(&pod, "acme").await;
     let chat = ch("chat.live");
     // Two messages published before the feed exists: the feed starts from
-    // offset 0, so the first live message it sees shows a gap.
-    let first = stream.publish(&chat, Bytes::from_static(b"1")).await.unwrap();
-    let second = stream.publish(&chat, Bytes::from_static(b"2")).await.unwrap();
+    // offset 0, so it reads them from the stream before it goes live.
+    let first = stream
+        .publish_message(&chat, Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    let second = stream
+        .publish_message(&chat, Bytes::from_static(b"2"))
+        .await
+        .unwrap();
     stream
-        .publish(&ch("chat.other"), Bytes::from_static(b"x"))
+        .publish_message(&ch("chat.other"), Bytes::from_static(b"x"))
         .await
         .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Stored>();
-    let feed = live::Feed::start(&client, Arc::new(stream), &chat, Some(0))
+    let mut feed = live::Feed::start(&client, Arc::new(stream), &chat, Some(0))
         .await
         .unwrap();
     let (_, stream) = org_stream(&pod, "acme").await;
-    let task = tokio::spawn(feed.run(move |m| {
-        let _ = tx.send(m);
-    }));
+    let task = tokio::spawn(async move {
+        feed.run(move |_, m| {
+            let _ = tx.send(m);
+            None
+        })
+        .await
+    });
     let mut published = vec![first, second];
     for n in 3..=5 {
-        published.push(stream.publish(&chat, Bytes::from(n.to_string())).await.unwrap());
+        published.push(
+            stream
+                .publish_message(&chat, Bytes::from(n.to_string()))
+                .await
+                .unwrap(),
+        );
     }
     stream
-        .publish(&ch("chat.other"), Bytes::from_static(b"y"))
+        .publish_message(&ch("chat.other"), Bytes::from_static(b"y"))
         .await
         .unwrap();
     let mut seen = Vec::new();
@@ -114,8 +135,7 @@ async fn the_live_feed_delivers_once_in_order_and_repairs_a_gap() {
         let m = tokio::time::timeout(PATIENCE, rx.recv()).await.unwrap().unwrap();
         seen.push(m.offset);
     }
-    // 1 and 2 came before the feed: the first live message showed the gap,
-    // and they were read from the stream before it.
+    // 1 and 2 came before the feed: read from the stream first.
     assert_eq!(seen, published, "each once, in order, the gap repaired");
     assert!(
         tokio::time::timeout(Duration::from_millis(100), rx.recv())
@@ -134,9 +154,18 @@ async fn long_reads_go_through_a_consumer_and_stop_where_asked() {
     let (x, y) = (ch("chat.x"), ch("chat.y"));
     let mut on_x = Vec::new();
     for i in 0..60 {
-        on_x.push(stream.publish(&x, Bytes::from(i.to_string())).await.unwrap());
-        stream.publish(&y, Bytes::from_static(b"0")).await.unwrap();
+        on_x.push(
+            stream
+                .publish_message(&x, Bytes::from(i.to_string()))
+                .await
+                .unwrap(),
+        );
+        stream
+            .publish_message(&y, Bytes::from_static(b"0"))
+            .await
+            .unwrap();
     }
+    let x = subjects::channel(&x);
     let all = stream.read(&x, 0, u64::MAX, 1000).await.unwrap();
     assert_eq!(all.iter().map(|m| m.offset).collect::<Vec<_>>(), on_x);
     assert_eq!(all[59].payload, Bytes::from_static(b"59"));
@@ -156,13 +185,13 @@ async fn subscribed_hub(pod: &TestServer, key: &ChannelKey) -> (Arc<NatsBackplan
         let accounts = accounts.clone();
         Box::pin(async move {
             accounts
-                .open(&org)
+                .open_conn(&org)
                 .await
                 .map_err(|e| BackplaneError::Unavailable(e.to_string()))
         })
     });
     let hub = Arc::new(Hub::new());
-    let backplane = Arc::new(NatsBackplane::new(open, hub.clone(), HistoryLimits::default()));
+    let backplane = NatsBackplane::new(open, hub.clone(), HistoryLimits::default());
     let sink = Arc::new(MemorySink::new(1 << 20));
     assert!(
         hub.join(key, ConnId(1), sink.clone()).unwrap(),
@@ -229,7 +258,210 @@ async fn two_pods_deliver_every_message_with_the_same_offsets_and_resume_on_eith
         .unwrap();
     assert!(!ahead.complete, "a position past the top is not this stream's");
     assert_eq!(resumed.epoch, tail.epoch);
-    // Turns do not cross pods yet: refused, not lost silently.
-    let turn = switchboard_proto::TurnId::new("t1").unwrap();
-    assert!(on_a.publish(&key, Event::TurnStart(&turn)).await.is_err());
+}
+
+fn json_of(frame: &switchboard_proto::PreparedFrame) -> serde_json::Value {
+    serde_json::from_slice(&frame.payload()).unwrap()
+}
+
+/// The next `n` frames a sink got, as JSON.
+async fn frames(sink: &MemorySink, n: usize) -> Vec<serde_json::Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let frame = tokio::time::timeout(PATIENCE, sink.next())
+            .await
+            .unwrap()
+            .unwrap();
+        got.push(json_of(&frame));
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_turn_streams_to_both_pods_snapshots_anywhere_and_compacts_when_done() {
+    let nats = Nats::start().await;
+    let (a, b) = two_pods(&nats).await;
+    let key = ChannelKey::new(OrgId::new("acme").unwrap(), ch("chat.turns"));
+    let (on_a, sink_a) = subscribed_hub(&a, &key).await;
+    let (on_b, sink_b) = subscribed_hub(&b, &key).await;
+    let turn = switchboard_proto::TurnId::new("reply.1").unwrap();
+    let start = on_a.publish(&key, Event::TurnStart(&turn)).await.unwrap().offset;
+    // Past a checkpoint (every 64 tokens), from pod A, then pod B carries on.
+    let mut text = String::new();
+    for i in 0..70 {
+        let token = format!("w{i} ");
+        on_a.publish(&key, Event::Token(&turn, &token)).await.unwrap();
+        text.push_str(&token);
+    }
+    for sink in [&sink_a, &sink_b] {
+        let got = frames(sink, 71).await;
+        assert_eq!(got[0]["type"], "turn_start");
+        let streamed: String = got[1..].iter().map(|f| f["text"].as_str().unwrap()).collect();
+        assert_eq!(
+            streamed, text,
+            "every token once, in order, no checkpoint among them"
+        );
+        let offsets: Vec<u64> = got.iter().map(|f| f["offset"].as_u64().unwrap()).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    }
+    assert!(
+        matches!(
+            on_b.publish(&key, Event::TurnStart(&turn)).await,
+            Err(BackplaneError::TurnExists(_))
+        ),
+        "one live turn per id, whichever pod asks"
+    );
+    // A joiner on pod B gets the text so far in one snapshot.
+    let joined = on_b.read(&key, Position::Live, 100).await.unwrap();
+    assert_eq!(joined.messages.len(), 1);
+    let snapshot = json_of(&joined.messages[0].1);
+    assert_eq!(snapshot["type"], "turn_snapshot");
+    assert_eq!(snapshot["text_so_far"], text);
+    assert_eq!(snapshot["start_offset"], start);
+    // Pod B streams the rest of a turn pod A started (a moved operator).
+    on_b.publish(&key, Event::Token(&turn, "end.")).await.unwrap();
+    text.push_str("end.");
+    let end = on_b.publish(&key, Event::TurnEnd(&turn)).await.unwrap().offset;
+    for sink in [&sink_a, &sink_b] {
+        let got = frames(sink, 2).await;
+        assert_eq!(
+            (got[0]["text"].as_str(), got[1]["type"].as_str()),
+            (Some("end."), Some("turn_end"))
+        );
+        assert_eq!(got[1]["offset"], end);
+    }
+    // Done: history keeps it as one `turn`, and it is live no more.
+    let tail = on_a.read(&key, Position::Tail, 10).await.unwrap();
+    let kept: Vec<_> = tail.messages.iter().map(|(_, f)| json_of(f)).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        (kept[0]["type"].as_str(), kept[0]["text"].as_str()),
+        (Some("turn"), Some(text.as_str()))
+    );
+    assert!(
+        on_b.read(&key, Position::Live, 100)
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    assert!(matches!(
+        on_a.publish(&key, Event::Token(&turn, "late")).await,
+        Err(BackplaneError::NoSuchTurn(_))
+    ));
+    // The id may stream again, and a channel carries a bounded number of turns.
+    let mut turns = Vec::new();
+    for i in 0..HistoryLimits::default().max_live_turns {
+        let t = switchboard_proto::TurnId::new(&format!("t{i}")).unwrap();
+        on_a.publish(&key, Event::TurnStart(&t)).await.unwrap();
+        turns.push(t);
+    }
+    let one_more = switchboard_proto::TurnId::new("t-extra").unwrap();
+    assert!(matches!(
+        on_b.publish(&key, Event::TurnStart(&one_more)).await,
+        Err(BackplaneError::TooManyTurns(_))
+    ));
+    on_b.publish(
+        &key,
+        Event::TurnError {
+            turn: &turns[0],
+            reason: switchboard_proto::TurnFailure::OperatorGone,
+            message: None,
+        },
+    )
+    .await
+    .unwrap();
+    on_b.publish(&key, Event::TurnStart(&turn)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_core_message_lost_in_a_reconnect_is_read_from_the_stream() {
+    let nats = Nats::start().await;
+    let pod = TestServer::start_cluster(&nats, |_| {}).await;
+    let org = OrgId::new("acme").unwrap();
+    let (_, stream) = org_stream(&pod, "acme").await;
+    let stream = Arc::new(stream);
+    // The feed's own connection, slow to come back once cut: what is
+    // republished meanwhile never reaches it.
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let away = Duration::from_millis(600);
+    let client = pod
+        .app
+        .accounts
+        .as_ref()
+        .unwrap()
+        .server_user(&org)
+        .await
+        .unwrap()
+        .reconnect_delay_callback(move |_| away)
+        .event_callback(move |e| {
+            let tx = events_tx.clone();
+            async move {
+                let _ = tx.send(e);
+            }
+        })
+        .connect(&nats.url)
+        .await
+        .unwrap();
+    let chat = ch("chat.gap");
+    let mut feed = live::Feed::start(&client, stream.clone(), &chat, None)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let task = tokio::spawn(async move {
+        feed.run(move |_, m| {
+            let _ = tx.send(m.offset);
+            None
+        })
+        .await
+    });
+    let publish = |n: u32| {
+        let stream = stream.clone();
+        let chat = chat.clone();
+        async move {
+            stream
+                .publish_message(&chat, Bytes::from(n.to_string()))
+                .await
+                .unwrap()
+        }
+    };
+    let mut published = vec![publish(1).await];
+    assert_eq!(
+        tokio::time::timeout(PATIENCE, rx.recv()).await.unwrap(),
+        Some(published[0])
+    );
+    client.force_reconnect().await.unwrap();
+    loop {
+        let e = tokio::time::timeout(PATIENCE, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if matches!(e, async_nats::Event::Disconnected) {
+            break;
+        }
+    }
+    // Stored while the feed's connection is away: lost to it on the wire.
+    published.push(publish(2).await);
+    published.push(publish(3).await);
+    loop {
+        let e = tokio::time::timeout(PATIENCE, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if matches!(e, async_nats::Event::Connected) {
+            break;
+        }
+    }
+    // The subscription is back once a round trip went through.
+    client.flush().await.unwrap();
+    published.push(publish(4).await);
+    let mut seen = vec![published[0]];
+    while seen.len() < published.len() {
+        seen.push(tokio::time::timeout(PATIENCE, rx.recv()).await.unwrap().unwrap());
+    }
+    assert_eq!(
+        seen, published,
+        "2 and 3 were read from the stream, in order, before 4"
+    );
+    task.abort();
 }

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::backplane::NatsBackplane;
 use metrics::{counter, gauge, histogram};
 use nkeys::KeyPair;
 use parking_lot::Mutex;
-use switchboard_actors::Channels;
 use switchboard_actors::telemetry;
 use switchboard_proto::OrgId;
 use switchboard_proto::subjects;
@@ -38,6 +38,8 @@ const MAX_REPUSHES: usize = 10;
 const ORG_RECONNECTS: usize = 30;
 /// Broken-connection notices waiting for the pool's supervisor.
 const TROUBLE_NOTICES: usize = 1024;
+/// The id of the next org connection this process opens.
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 /// A broken org connection that could not be opened again is retried after this.
 const REOPEN_PAUSE: Duration = Duration::from_secs(1);
 
@@ -64,6 +66,8 @@ fn nats_error(what: &str, e: impl std::fmt::Display) -> AccountError {
 /// This pod's open connection into one org's account.
 struct OrgConn {
     client: async_nats::Client,
+    /// Unique among this pod's connections: tells a replaced one apart.
+    id: u64,
     /// Set when NATS refused the connection's user (its account lost or
     /// stale) or the client gave up reconnecting: the pool opens it anew.
     broken: Arc<AtomicBool>,
@@ -89,8 +93,8 @@ struct Slot {
 pub struct Accounts {
     cluster: Arc<Cluster>,
     registry: Arc<Registry>,
-    /// Where publisher events go (this pod's channels).
-    channels: Arc<Channels>,
+    /// Where publisher events go.
+    backplane: Arc<NatsBackplane>,
     /// Largest publisher event taken (the client frame limit).
     max_event_bytes: usize,
     slots: Mutex<HashMap<OrgId, Arc<Slot>>>,
@@ -104,7 +108,7 @@ impl Accounts {
     pub fn new(
         cluster: Arc<Cluster>,
         registry: Arc<Registry>,
-        channels: Arc<Channels>,
+        backplane: Arc<NatsBackplane>,
         max_event_bytes: usize,
     ) -> Arc<Accounts> {
         // A notice dropped when this is full loses nothing: the broken
@@ -115,7 +119,7 @@ impl Accounts {
             troubles: Mutex::new(Some(troubles)),
             cluster,
             registry,
-            channels,
+            backplane,
             max_event_bytes,
             slots: Mutex::new(HashMap::new()),
             started: tokio::time::Instant::now(),
@@ -143,12 +147,18 @@ impl Accounts {
     /// This pod's connection into `org`'s account, made (account included)
     /// on first use.
     pub async fn open(&self, org: &OrgId) -> Result<async_nats::Client, AccountError> {
+        self.open_conn(org).await.map(|(client, _)| client)
+    }
+
+    /// As [`Accounts::open`], with the connection's id: another id means
+    /// the connection was replaced (what was made over the old one is gone).
+    pub async fn open_conn(&self, org: &OrgId) -> Result<(async_nats::Client, u64), AccountError> {
         let slot = self.slots.lock().entry(org.clone()).or_default().clone();
         slot.last_used.store(self.now_ms(), Ordering::Relaxed);
         let mut conn = slot.conn.lock().await;
         if let Some(c) = conn.as_ref() {
             if !c.broken.load(Ordering::Acquire) {
-                return Ok(c.client.clone());
+                return Ok((c.client.clone(), c.id));
             }
             *conn = None;
         }
@@ -170,11 +180,11 @@ impl Accounts {
             }
             Err(e) => return Err(e),
         };
-        let client = opened.client.clone();
+        let opened_now = (opened.client.clone(), opened.id);
         gauge!(telemetry::NATS_ORG_CONNECTIONS).increment(1.0);
         histogram!(telemetry::NATS_ORG_OPEN_SECONDS).record(started.elapsed().as_secs_f64());
         *conn = Some(opened);
-        Ok(client)
+        Ok(opened_now)
     }
 
     /// The org's account record, made if it has none (or a retired one).
@@ -320,7 +330,20 @@ impl Accounts {
 
     /// Connects as a fresh server user of the org's account and starts
     /// reading its publisher subjects.
-    async fn connect(&self, org: &OrgId, doc: &AccountDoc) -> Result<OrgConn, AccountError> {
+    /// Connect options for a new server user of `org`'s account (the
+    /// account made if it has none): for tools and tests that need a
+    /// connection of their own beside the pool's.
+    pub async fn server_user(&self, org: &OrgId) -> Result<async_nats::ConnectOptions, AccountError> {
+        self.open(org).await?;
+        let (doc, _, _) = self.record(org).await?;
+        self.user_options(org, &doc)
+    }
+
+    fn user_options(
+        &self,
+        org: &OrgId,
+        doc: &AccountDoc,
+    ) -> Result<async_nats::ConnectOptions, AccountError> {
         let signing = self.signing_key(doc)?;
         let user = Arc::new(KeyPair::new_user());
         let user_jwt = jwt::user(
@@ -331,52 +354,60 @@ impl Accounts {
             jwt::Permissions::default(),
         )
         .map_err(|e| nats_error("cannot sign the server user", e))?;
-        let broken = Arc::new(AtomicBool::new(false));
-        let (flag, troubled, troubled_org) = (broken.clone(), self.troubled.clone(), org.clone());
-        let client = async_nats::ConnectOptions::with_jwt(user_jwt, move |nonce| {
+        Ok(async_nats::ConnectOptions::with_jwt(user_jwt, move |nonce| {
             let user = user.clone();
             async move { user.sign(&nonce).map_err(async_nats::AuthError::new) }
         })
         .name(format!("switchboard {org}"))
-        .connection_timeout(NATS_TIMEOUT)
-        .max_reconnects(ORG_RECONNECTS)
-        .event_callback(move |event| {
-            let (flag, troubled, org) = (flag.clone(), troubled.clone(), troubled_org.clone());
-            async move {
-                // A reconnect refused as unauthorized (the account lost or
-                // stale) surfaces as a client error with that text.
-                let refused = match &event {
-                    async_nats::Event::Closed
-                    | async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects)
-                    | async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => true,
-                    async_nats::Event::ClientError(async_nats::ClientError::Other(text)) => {
-                        text.contains("authorization violation")
+        .connection_timeout(NATS_TIMEOUT))
+    }
+
+    async fn connect(&self, org: &OrgId, doc: &AccountDoc) -> Result<OrgConn, AccountError> {
+        let broken = Arc::new(AtomicBool::new(false));
+        let (flag, troubled, troubled_org) = (broken.clone(), self.troubled.clone(), org.clone());
+        let client = self
+            .user_options(org, doc)?
+            .max_reconnects(ORG_RECONNECTS)
+            .event_callback(move |event| {
+                let (flag, troubled, org) = (flag.clone(), troubled.clone(), troubled_org.clone());
+                async move {
+                    // A reconnect refused as unauthorized (the account lost or
+                    // stale) surfaces as a client error with that text.
+                    let refused = match &event {
+                        async_nats::Event::Closed
+                        | async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects)
+                        | async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
+                            true
+                        }
+                        async_nats::Event::ClientError(async_nats::ClientError::Other(text)) => {
+                            text.contains("authorization violation")
+                        }
+                        _ => false,
+                    };
+                    if refused && !flag.swap(true, Ordering::AcqRel) {
+                        let _ = troubled.try_send(org);
                     }
-                    _ => false,
-                };
-                if refused && !flag.swap(true, Ordering::AcqRel) {
-                    let _ = troubled.try_send(org);
                 }
-            }
-        })
-        .connect(&self.cluster.settings.url)
-        .await
-        .map_err(|e| nats_error(&format!("cannot connect to org {org}'s account"), e))?;
-        let events = client
-            .subscribe(subjects::PUBLISH_ALL)
+            })
+            .connect(&self.cluster.settings.url)
             .await
-            .map_err(|e| nats_error("cannot subscribe to publisher events", e))?;
+            .map_err(|e| nats_error(&format!("cannot connect to org {org}'s account"), e))?;
+        let (events, ingest) = super::ingest::follow(&client)
+            .await
+            .map_err(|e| AccountError::Nats(format!("cannot follow org {org}'s publisher events: {e}")))?;
         // A round trip, so the subscription is live on the server before
         // anyone is told the org is open (NATS.md, trap 7).
         let _ = tokio::time::timeout(NATS_TIMEOUT, client.request(subjects::PING, "".into())).await;
-        let reader = tokio::spawn(super::publishers::read_events(
+        let reader = tokio::spawn(super::ingest::read_events(
             org.clone(),
             events,
-            self.channels.clone(),
+            ingest,
+            self.backplane.clone(),
             self.max_event_bytes,
         ));
         Ok(OrgConn {
             client,
+            id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
             broken,
             reader,
         })

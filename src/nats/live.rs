@@ -1,17 +1,21 @@
-//! A channel's live feed on one pod (cluster mode): the stream's republished
-//! messages on `live.<channel>`, delivered each once and in offset order.
-//! A message whose previous offset (`Nats-Last-Sequence`) is not the last
-//! one delivered means something was missed (a core message lost in a
-//! reconnect, a trim, an age-out: NATS.md treats every mismatch as a gap),
-//! and the missing range is read from the stream before it goes on.
+//! A channel's live feed on one pod (cluster mode): what the stream
+//! republishes for the channel (its messages and its turns' events, on one
+//! subscription so the stream's order holds), delivered each once and in
+//! offset order. A message whose previous offset on its subject
+//! (`Nats-Last-Sequence`) is not the last one delivered there means
+//! something was missed (a core message lost in a reconnect, a trim, an
+//! age-out: NATS.md treats every mismatch as a gap), and the missing range
+//! is read from the stream before it goes on.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
 use switchboard_actors::BackplaneError;
-use switchboard_proto::{ChannelName, subjects};
+use switchboard_proto::subjects::{self, Part};
+use switchboard_proto::{ChannelName, TurnId};
 
 use super::stream::{OrgStream, Stored};
 
@@ -30,27 +34,32 @@ pub enum Step {
     Gap,
 }
 
-/// The ordering state of one channel's feed.
+/// The ordering state of one subject of a feed.
 #[derive(Debug)]
 pub struct Sequencer {
+    /// Where the feed started: everything through it came before.
+    floor: u64,
     last: u64,
 }
 
 impl Sequencer {
-    /// A feed that has delivered everything through `last`.
-    pub fn new(last: u64) -> Self {
-        Sequencer { last }
+    /// A feed that has delivered everything through `floor`.
+    pub fn new(floor: u64) -> Self {
+        Sequencer { floor, last: floor }
     }
 
     pub fn last(&self) -> u64 {
         self.last
     }
 
-    /// Judges a message at `offset` whose channel's previous one was `previous`.
+    /// Judges a message at `offset` whose subject's previous one was `previous`.
     pub fn offer(&self, offset: u64, previous: u64) -> Step {
+        // Until the subject's first delivery, any previous offset from
+        // before the start is one the feed was not meant to deliver.
+        let untouched = self.last == self.floor;
         if offset <= self.last {
             Step::Stale
-        } else if previous == self.last {
+        } else if previous == self.last || (untouched && previous < self.floor) {
             Step::Deliver
         } else {
             Step::Gap
@@ -75,14 +84,22 @@ pub struct Feed {
     live: async_nats::Subscriber,
     stream: Arc<OrgStream>,
     channel: ChannelName,
-    seq: Sequencer,
+    floor: u64,
+    /// Per stored subject (the channel's messages, each live turn).
+    seqs: HashMap<String, Sequencer>,
+    /// What was stored between the requested start and the floor, to be
+    /// delivered first.
+    catch_up: Vec<(String, Stored)>,
+    /// The newest offset delivered (or the floor).
+    delivered: u64,
 }
 
 impl Feed {
     /// Subscribes to `channel`'s republished messages and returns once the
     /// subscription is live on the server; the feed then delivers what comes
-    /// after `after` (by default the channel's newest stored offset, read
-    /// after subscribing, so nothing falls between the two).
+    /// after `after` (what was stored since is read from the stream first),
+    /// or by default after the stream's newest offset, read after
+    /// subscribing, so nothing falls between the two.
     pub async fn start(
         client: &async_nats::Client,
         stream: Arc<OrgStream>,
@@ -95,44 +112,85 @@ impl Feed {
             .map_err(|e| BackplaneError::Unavailable(format!("live subscription: {e}")))?;
         // A round trip, so the subscription is live on the server (NATS.md, trap 7).
         let _ = tokio::time::timeout(ROUND_TRIP, client.request(subjects::PING, "".into())).await;
-        let last = match after {
-            Some(after) => after,
-            None => stream.last(channel).await?.unwrap_or(0),
+        let floor = stream.state(channel).await?.last;
+        let catch_up = match after {
+            Some(after) if after < floor => {
+                stream
+                    .read_subjects(&subjects::stored_all(channel), after, floor, usize::MAX)
+                    .await?
+            }
+            _ => Vec::new(),
         };
         Ok(Feed {
             live,
             stream,
             channel: channel.clone(),
-            seq: Sequencer::new(last),
+            floor,
+            seqs: HashMap::new(),
+            catch_up,
+            delivered: floor,
         })
     }
 
-    /// Hands every message after the start to `deliver`, in order, each
-    /// once, until the subscription ends or a gap cannot be read.
-    pub async fn run(mut self, mut deliver: impl FnMut(Stored)) -> Result<(), BackplaneError> {
+    /// The newest offset this feed delivered (or started after).
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Hands every message after the start to `deliver` with the part of
+    /// the channel it belongs to, in order, each once, until the
+    /// subscription ends or a gap cannot be read.
+    pub async fn run(
+        &mut self,
+        mut deliver: impl FnMut(&Part, Stored) -> Option<TurnId>,
+    ) -> Result<(), BackplaneError> {
+        for (subject, m) in std::mem::take(&mut self.catch_up) {
+            if let Some(part) = subjects::part(&subject, &self.channel) {
+                deliver(&part, m);
+            }
+        }
         while let Some(message) = self.live.next().await {
-            let Some((offset, previous)) = sequences(message.headers.as_ref()) else {
+            let (Some((offset, previous)), Some(part), Some(subject)) = (
+                sequences(message.headers.as_ref()),
+                subjects::part(&message.subject, &self.channel),
+                subjects::stored(&message.subject),
+            ) else {
                 continue;
             };
-            match self.seq.offer(offset, previous) {
+            let floor = self.floor;
+            let seq = self
+                .seqs
+                .entry(subject.clone())
+                .or_insert_with(|| Sequencer::new(floor));
+            match seq.offer(offset, previous) {
                 Step::Stale => continue,
                 Step::Deliver => {}
                 Step::Gap => {
                     let missed = self
                         .stream
-                        .read(&self.channel, self.seq.last(), offset - 1, usize::MAX)
+                        .read(&subject, seq.last(), offset - 1, usize::MAX)
                         .await?;
                     for m in missed {
-                        self.seq.delivered(m.offset);
-                        deliver(m);
+                        seq.delivered(m.offset);
+                        deliver(&part, m);
                     }
+                    self.delivered = self.delivered.max(seq.last());
                 }
             }
-            self.seq.delivered(offset);
-            deliver(Stored {
-                offset,
-                payload: message.payload,
-            });
+            seq.delivered(offset);
+            self.delivered = self.delivered.max(offset);
+            let ended = deliver(
+                &part,
+                Stored {
+                    offset,
+                    headers: message.headers,
+                    payload: message.payload,
+                },
+            );
+            // A finished turn's subject is purged: its id may start afresh.
+            if let Some(turn) = ended {
+                self.seqs.remove(&subjects::turn(&self.channel, &turn));
+            }
         }
         Ok(())
     }
@@ -158,6 +216,19 @@ mod tests {
         );
         s.delivered(9);
         assert_eq!(s.last(), 9);
+        // A feed started at 20: a subject's first message may follow one
+        // from before the start, and only its first.
+        let mut s = Sequencer::new(20);
+        assert_eq!(s.offer(15, 12), Step::Stale, "from before the start");
+        assert_eq!(s.offer(23, 17), Step::Deliver);
+        s.delivered(23);
+        assert_eq!(s.offer(25, 17), Step::Gap);
+        let fresh = Sequencer::new(20);
+        assert_eq!(
+            fresh.offer(26, 22),
+            Step::Gap,
+            "22 came after the start and was missed"
+        );
         let mut h = HeaderMap::new();
         h.insert("Nats-Sequence", "12");
         h.insert("Nats-Last-Sequence", "9");

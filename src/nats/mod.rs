@@ -8,8 +8,10 @@
 pub mod accounts;
 pub mod backplane;
 pub mod cluster;
+pub mod ingest;
 pub mod init;
 pub mod jwt;
 pub mod live;
 pub mod publishers;
 pub mod stream;
+pub mod turns;

@@ -2,12 +2,8 @@
 //! its publisher subjects (`pub.<channel>`), for backends that speak NATS
 //! rather than HTTP. Their `.creds` are handed out once; revoking one adds
 //! it to the account's revocations, and nats-server cuts its connection.
-//! [`read_events`] turns what they publish into channel messages.
+//! [`super::ingest`] turns what they publish into channel messages.
 
-use futures_util::StreamExt;
-use metrics::counter;
-use serde_json::value::RawValue;
-use switchboard_actors::{ChannelKey, Channels, Event, telemetry};
 use switchboard_proto::{ChannelPattern, OrgId, subjects};
 
 use super::accounts::{AccountError, Accounts};
@@ -131,73 +127,5 @@ impl Accounts {
         .await?;
         store.delete(&k).await?;
         Ok(())
-    }
-}
-
-/// What became of one publisher event (the `result` label of the metric).
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Delivered,
-    /// Not JSON, `null`, or on a subject that names no channel.
-    Malformed,
-    Oversized,
-    /// The channel refused it (the error is logged).
-    Refused,
-}
-
-impl Outcome {
-    fn as_str(&self) -> &'static str {
-        match self {
-            Outcome::Delivered => "delivered",
-            Outcome::Malformed => "malformed",
-            Outcome::Oversized => "oversized",
-            Outcome::Refused => "refused",
-        }
-    }
-}
-
-/// Publishes one event from NATS on its channel: the payload is the
-/// message's `data`, any JSON value but `null`.
-pub async fn deliver(
-    org: &OrgId,
-    subject: &str,
-    payload: &[u8],
-    channels: &Channels,
-    max_bytes: usize,
-) -> Outcome {
-    let Some(channel) = subjects::published_channel(subject) else {
-        return Outcome::Malformed;
-    };
-    if payload.len() > max_bytes {
-        return Outcome::Oversized;
-    }
-    let Ok(data) = serde_json::from_slice::<&RawValue>(payload) else {
-        return Outcome::Malformed;
-    };
-    if data.get() == "null" {
-        return Outcome::Malformed;
-    }
-    match channels
-        .publish(&ChannelKey::new(org.clone(), channel), Event::Message(data))
-        .await
-    {
-        Ok(_) => Outcome::Delivered,
-        Err(_) => Outcome::Refused,
-    }
-}
-
-/// Delivers the org's publisher events in the order NATS hands them over.
-pub async fn read_events(
-    org: OrgId,
-    mut events: async_nats::Subscriber,
-    channels: std::sync::Arc<Channels>,
-    max_bytes: usize,
-) {
-    while let Some(message) = events.next().await {
-        let outcome = deliver(&org, &message.subject, &message.payload, &channels, max_bytes).await;
-        if outcome != Outcome::Delivered {
-            tracing::debug!(org = %org, subject = %message.subject, outcome = outcome.as_str(), "publisher event dropped");
-        }
-        counter!(telemetry::PUBLISHER_EVENTS, "result" => outcome.as_str()).increment(1);
     }
 }

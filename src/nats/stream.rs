@@ -1,20 +1,25 @@
-//! An org's channel stream (cluster mode, the data plane's first piece): one
-//! JetStream stream per org, in the org's own account, capturing `ch.>`.
-//! The stream sequence is a message's offset, so offsets grow per channel
-//! across every pod; RePublish re-emits each stored message on
-//! `live.<channel>` with the previous offset of the same channel
-//! (`Nats-Last-Sequence`), which [`super::live`] uses to find gaps. File
-//! storage: on nats-server 2.9 a memory stream with RePublish costs ~25×
-//! more server CPU (NATS.md).
+//! An org's channel stream (cluster mode's data plane): one JetStream
+//! stream per org, in the org's own account, capturing `ch.>` (a channel's
+//! messages and its live turns' events, [`subjects`]). The stream sequence
+//! is a message's offset, so offsets grow per channel across every pod;
+//! RePublish re-emits each stored message on its `live.` twin with the
+//! previous sequence of the same subject (`Nats-Last-Sequence`), which
+//! [`super::live`] uses to find gaps. File storage: on nats-server 2.9 a
+//! memory stream with RePublish costs ~25× more server CPU (NATS.md).
 
 use std::time::Duration;
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use switchboard_actors::{BackplaneError, HistoryLimits};
 use switchboard_proto::{ChannelName, Epoch, subjects};
+
+use super::turns::CHECKPOINT_EVERY;
 
 /// The stream's name inside each org's account.
 pub const STREAM: &str = "CH";
@@ -52,10 +57,32 @@ pub struct OrgStream {
 }
 
 /// One stored message of a channel.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Stored {
     pub offset: u64,
+    /// What it is, for turn events (`super::turns`); a plain message has none.
+    pub headers: Option<HeaderMap>,
     pub payload: Bytes,
+}
+
+impl Stored {
+    fn from_direct(m: jetstream::message::StreamMessage) -> (String, Stored) {
+        let stored = Stored {
+            offset: m.sequence,
+            headers: Some(m.headers),
+            payload: m.payload,
+        };
+        (m.subject.to_string(), stored)
+    }
+}
+
+/// The stream's position and the live turns of one channel, read at once.
+pub struct State {
+    /// The stream's newest sequence: every offset of the channel up to it
+    /// is readable now.
+    pub last: u64,
+    /// The subjects of the channel's live turns.
+    pub turns: Vec<String>,
 }
 
 impl OrgStream {
@@ -71,7 +98,11 @@ impl OrgStream {
                 name: STREAM.into(),
                 subjects: vec![subjects::CHANNEL_ALL.into()],
                 storage: stream::StorageType::File,
-                max_messages_per_subject: limits.max_messages.max(1) as i64,
+                // A live turn's subject holds a checkpoint and the tokens
+                // after it (super::turns); channel history is trimmed to its
+                // count when read.
+                max_messages_per_subject: limits.max_messages.max(2 * CHECKPOINT_EVERY) as i64,
+                allow_rollup: true,
                 max_age: limits.max_age,
                 discard: stream::DiscardPolicy::Old,
                 allow_direct: true,
@@ -96,82 +127,137 @@ impl OrgStream {
         &self.epoch
     }
 
-    /// Stores `payload` on `channel`; returns its offset once the stream
-    /// acknowledged it.
-    pub async fn publish(&self, channel: &ChannelName, payload: Bytes) -> Result<u64, BackplaneError> {
+    /// Stores `message` on `subject`; returns its offset once the stream
+    /// acknowledged it, or `None` if an expectation it carried failed (the
+    /// subject was not empty).
+    pub async fn publish(
+        &self,
+        subject: String,
+        message: PublishMessage,
+    ) -> Result<Option<u64>, BackplaneError> {
         let ack = self
             .js
-            .publish(subjects::channel(channel), payload)
+            .send_publish(subject, message)
             .await
             .map_err(|e| unavailable("publish", e))?
-            .await
-            .map_err(|e| unavailable("publish not acknowledged", e))?;
-        Ok(ack.sequence)
+            .await;
+        match ack {
+            Ok(ack) => Ok(Some(ack.sequence)),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+            Err(e) => Err(unavailable("publish not acknowledged", e)),
+        }
     }
 
-    /// The first message of `channel` after offset `after`, if any.
-    pub async fn next_after(
+    /// Stores a plain message on `channel`; returns its offset.
+    pub async fn publish_message(
         &self,
         channel: &ChannelName,
-        after: u64,
-    ) -> Result<Option<Stored>, BackplaneError> {
-        let got = self
-            .stream
-            .direct_get_next_for_subject(subjects::channel(channel), Some(after + 1))
-            .await;
-        Ok(found(got)?.map(|m| Stored {
-            offset: m.sequence,
-            payload: m.payload,
-        }))
+        payload: Bytes,
+    ) -> Result<u64, BackplaneError> {
+        self.publish(
+            subjects::channel(channel),
+            PublishMessage::build().payload(payload),
+        )
+        .await?
+        .ok_or_else(|| unavailable("publish", "refused an expectation it did not carry"))
     }
 
-    /// The offset of `channel`'s newest retained message, if any.
-    pub async fn last(&self, channel: &ChannelName) -> Result<Option<u64>, BackplaneError> {
+    /// Removes everything stored on `subject` (a finished turn's events).
+    pub async fn purge(&self, subject: &str) -> Result<(), BackplaneError> {
+        self.stream
+            .purge()
+            .filter(subject)
+            .await
+            .map(drop)
+            .map_err(|e| unavailable("purge", e))
+    }
+
+    /// The stream's newest sequence and `channel`'s live turns.
+    pub async fn state(&self, channel: &ChannelName) -> Result<State, BackplaneError> {
+        let mut info = self
+            .stream
+            .info_with_subjects(subjects::turns(channel))
+            .await
+            .map_err(|e| unavailable("stream state", e))?;
+        let last = info.info.state.last_sequence;
+        let mut turns = Vec::new();
+        while let Some(subject) = info.next().await {
+            turns.push(subject.map_err(|e| unavailable("stream state", e))?.0);
+        }
+        Ok(State { last, turns })
+    }
+
+    /// The first message on `subject` after offset `after`, if any.
+    pub async fn next_after(&self, subject: &str, after: u64) -> Result<Option<Stored>, BackplaneError> {
         let got = self
             .stream
-            .direct_get_last_for_subject(subjects::channel(channel))
+            .direct_get_next_for_subject(subject, Some(after + 1))
             .await;
+        Ok(found(got)?.map(|m| Stored::from_direct(m).1))
+    }
+
+    /// The offset of the newest message on `subject`, if any.
+    pub async fn last(&self, subject: &str) -> Result<Option<u64>, BackplaneError> {
+        let got = self.stream.direct_get_last_for_subject(subject).await;
         Ok(found(got)?.map(|m| m.sequence))
     }
 
-    /// Up to `limit` messages of `channel` after offset `after`, in order,
+    /// Up to `limit` messages on `subject` after offset `after`, in order,
     /// none past `through`: a few by direct gets (one round trip each), more
     /// through a short-lived pull consumer (one round trip per batch).
     pub async fn read(
         &self,
-        channel: &ChannelName,
+        subject: &str,
         after: u64,
         through: u64,
         limit: usize,
     ) -> Result<Vec<Stored>, BackplaneError> {
+        let read = self.read_subjects(subject, after, through, limit).await?;
+        Ok(read.into_iter().map(|(_, m)| m).collect())
+    }
+
+    /// As [`OrgStream::read`], for a `filter` that may be a wildcard: each
+    /// message with the subject it was stored on.
+    pub async fn read_subjects(
+        &self,
+        filter: &str,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, BackplaneError> {
+        let subject = filter;
         let mut out = Vec::new();
         let mut at = after;
         while out.len() < limit.min(DIRECT_READS) {
-            match self.next_after(channel, at).await? {
-                Some(m) if m.offset <= through => {
+            let got = self
+                .stream
+                .direct_get_next_for_subject(subject, Some(at + 1))
+                .await;
+            match found(got)?.map(Stored::from_direct) {
+                Some((s, m)) if m.offset <= through => {
                     at = m.offset;
-                    out.push(m);
+                    out.push((s, m));
                 }
                 _ => return Ok(out),
             }
         }
         if out.len() < limit {
-            out.extend(self.read_batched(channel, at, through, limit - out.len()).await?);
+            out.extend(self.read_batched(subject, at, through, limit - out.len()).await?);
         }
         Ok(out)
     }
 
     async fn read_batched(
         &self,
-        channel: &ChannelName,
+        subject: &str,
         after: u64,
         through: u64,
         limit: usize,
-    ) -> Result<Vec<Stored>, BackplaneError> {
+    ) -> Result<Vec<(String, Stored)>, BackplaneError> {
         let consumer = self
             .stream
             .create_consumer(pull::Config {
-                filter_subject: subjects::channel(channel),
+                filter_subject: subject.to_owned(),
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: after + 1,
                 },
@@ -203,10 +289,12 @@ impl OrgStream {
                     pending = 0;
                     break;
                 }
-                out.push(Stored {
+                let stored = Stored {
                     offset,
+                    headers: message.headers.clone(),
                     payload: message.payload.clone(),
-                });
+                };
+                out.push((message.subject.to_string(), stored));
                 if left == 0 || out.len() >= limit {
                     break;
                 }
