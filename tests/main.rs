@@ -11,6 +11,7 @@ mod common;
 mod admin;
 mod burst;
 mod cluster;
+mod cluster_pods;
 mod cluster_registry;
 mod cluster_stream;
 mod echo_agent;

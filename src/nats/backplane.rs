@@ -144,11 +144,9 @@ impl NatsBackplane {
         id: &str,
     ) -> Result<Published, BackplaneError> {
         let (_, stream) = self.stream(&key.org).await?;
-        let message = PublishMessage::build()
-            .message_id(id)
-            .payload(Bytes::copy_from_slice(data.get().as_bytes()));
+        let message = PublishMessage::build().payload(Bytes::copy_from_slice(data.get().as_bytes()));
         let offset = stream
-            .publish(subjects::channel(&key.channel), message)
+            .publish_with_id(subjects::channel(&key.channel), message, id)
             .await?
             .ok_or_else(|| unavailable("publisher event"))?;
         Ok(Published {

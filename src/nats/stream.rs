@@ -23,8 +23,14 @@ use super::turns::CHECKPOINT_EVERY;
 
 /// The stream's name inside each org's account.
 pub const STREAM: &str = "CH";
-/// How long a publish waits for its acknowledgement.
-const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one attempt of a publish waits for its acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a publish keeps trying (the same message id each time, so a
+/// stored attempt whose acknowledgement was lost is not stored twice)
+/// before the caller is told the channel is unavailable: long enough to
+/// ride out a NATS restart.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(4);
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Reads this short are direct gets; longer ones use a consumer.
 const DIRECT_READS: usize = 8;
 /// Messages per batch of a longer read.
@@ -129,22 +135,46 @@ impl OrgStream {
 
     /// Stores `message` on `subject`; returns its offset once the stream
     /// acknowledged it, or `None` if an expectation it carried failed (the
-    /// subject was not empty).
+    /// subject was not as expected).
     pub async fn publish(
         &self,
         subject: String,
         message: PublishMessage,
     ) -> Result<Option<u64>, BackplaneError> {
-        let ack = self
-            .js
-            .send_publish(subject, message)
+        self.publish_with_id(subject, message, &uuid::Uuid::new_v4().simple().to_string())
             .await
-            .map_err(|e| unavailable("publish", e))?
-            .await;
-        match ack {
-            Ok(ack) => Ok(Some(ack.sequence)),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
-            Err(e) => Err(unavailable("publish not acknowledged", e)),
+    }
+
+    /// As [`OrgStream::publish`], under a message id other publishes of the
+    /// same message share (the stream keeps the first).
+    pub async fn publish_with_id(
+        &self,
+        subject: String,
+        message: PublishMessage,
+        id: &str,
+    ) -> Result<Option<u64>, BackplaneError> {
+        let message = message.message_id(id);
+        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+        loop {
+            let attempt = async {
+                self.js
+                    .send_publish(subject.clone(), message.clone())
+                    .await?
+                    .await
+            };
+            let e = match attempt.await {
+                Ok(ack) => return Ok(Some(ack.sequence)),
+                Err(e) => e,
+            };
+            match e.kind() {
+                PublishErrorKind::WrongLastSequence => return Ok(None),
+                PublishErrorKind::MaxPayloadExceeded => return Err(unavailable("publish", e)),
+                _ if tokio::time::Instant::now() + RETRY_PAUSE < deadline => {
+                    tracing::debug!(error = %e, "publish not acknowledged; trying again");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                _ => return Err(unavailable("publish not acknowledged", e)),
+            }
         }
     }
 
