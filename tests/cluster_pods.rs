@@ -390,3 +390,44 @@ async fn clients_of_a_pod_killed_mid_stream_resume_on_another_with_no_gap() {
         .collect();
     assert_eq!(on_steady, acked);
 }
+
+/// How many connections named `name` nats-server holds.
+async fn nats_connections(nats: &Nats, name: &str) -> usize {
+    let sys = nats.connect("sys.creds").await;
+    let reply = tokio::time::timeout(
+        PATIENCE,
+        sys.request("$SYS.REQ.SERVER.PING.CONNZ", r#"{"limit":4096}"#.into()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    body["data"]["connections"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a connection list: {body}"))
+        .iter()
+        .filter(|c| c["name"] == name)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_org_gives_its_nats_connection_back_and_serves_again_on_next_use() {
+    let nats = Nats::start().await;
+    let pod = TestServer::start_cluster(&nats, |c| c.nats.org_idle_secs = Some(1)).await;
+    let mut client = Client::connect_all(&pod, "acme").await;
+    client.subscribe(1, CHANNEL).await;
+    pod.publish("acme", CHANNEL, json!(1)).await;
+    client.message().await;
+    assert_eq!(nats_connections(&nats, "switchboard acme").await, 1);
+    drop(client);
+    // Closed on nats-server, not only forgotten by the pool: nothing else
+    // of the pod (streams, feeds) holds it open.
+    eventually("the org's connection closes", async || {
+        nats_connections(&nats, "switchboard acme").await == 0
+    })
+    .await;
+    let mut client = Client::connect_all(&pod, "acme").await;
+    client.subscribe(1, CHANNEL).await;
+    pod.publish("acme", CHANNEL, json!(2)).await;
+    assert_eq!(client.message().await.1, json!(2));
+}

@@ -30,6 +30,8 @@ struct Cli {
 #[derive(Clone, Copy, ValueEnum)]
 enum TargetKind {
     Switchboard,
+    /// Switchboard pods in cluster mode (give every pod's --addr)
+    Cluster,
     Nats,
 }
 
@@ -40,6 +42,12 @@ enum Command {
     /// Medians and ratios of the runs in a JSON-lines file; optionally SVG plots
     Report {
         results: PathBuf,
+        /// The target in the first column (ratio = first / second)
+        #[arg(long, default_value = "switchboard")]
+        first: String,
+        /// The target in the second column
+        #[arg(long, default_value = "nats")]
+        second: String,
         /// Write latency-cdf.svg and scaling.svg here
         #[arg(long)]
         plot_dir: Option<PathBuf>,
@@ -50,9 +58,10 @@ enum Command {
 struct RunArgs {
     #[arg(long, value_enum)]
     target: TargetKind,
-    /// The server's WebSocket address (Switchboard's listener, or nats-server's websocket port)
-    #[arg(long)]
-    addr: SocketAddr,
+    /// The server's WebSocket address (Switchboard's listener, or nats-server's
+    /// websocket port); repeat for every pod of a cluster
+    #[arg(long, required = true)]
+    addr: Vec<SocketAddr>,
     /// Switchboard: the config file holding the org's HS256 secret
     #[arg(long)]
     config: Option<PathBuf>,
@@ -88,9 +97,10 @@ struct RunArgs {
     /// Handshakes in flight at once
     #[arg(long, default_value_t = 64)]
     handshakes: usize,
-    /// The server's pid, for CPU time and RSS
+    /// The server's pid, for CPU time and RSS; repeat to sum several
+    /// processes (a cluster's pods and its nats-server)
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     #[arg(long, default_value = "")]
     label: String,
     /// Append the result as a JSON line here
@@ -117,9 +127,14 @@ fn hs256_secret(config: &FileConfig, org: &str) -> anyhow::Result<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Report { results, plot_dir } => {
+        Command::Report {
+            results,
+            first,
+            second,
+            plot_dir,
+        } => {
             let runs = report::read_jsonl(&results)?;
-            print!("{}", report::table(&runs));
+            print!("{}", report::table(&runs, &first, &second));
             if let Some(dir) = plot_dir {
                 std::fs::create_dir_all(&dir)?;
                 plot::plot_cdf(&runs, &dir.join("latency-cdf.svg"))?;
@@ -162,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
                 };
             }
             let (target, default_via) = match target {
-                TargetKind::Switchboard => {
+                TargetKind::Switchboard | TargetKind::Cluster => {
                     let path = config.context("--config is required for Switchboard")?;
                     let file = FileConfig::load(&path)?;
                     let secret = hs256_secret(&file, &org)?;
@@ -175,7 +190,9 @@ async fn main() -> anyhow::Result<()> {
                     };
                     (
                         Target::Switchboard(Switchboard {
-                            addr,
+                            addr: addr[0],
+                            pods: addr.clone(),
+                            cluster: matches!(target, TargetKind::Cluster),
                             org,
                             secret,
                             api_key,
@@ -185,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 TargetKind::Nats => (
                     Target::Nats(Nats {
-                        ws_addr: addr,
+                        ws_addr: addr[0],
                         nats_url,
                     }),
                     Via::Nats,

@@ -41,6 +41,17 @@ pub fn sample(pid: u32) -> std::io::Result<Sample> {
     })
 }
 
+/// The sum over `pids` (a cluster's processes); what cannot be read counts 0.
+pub fn sample_all(pids: &[u32]) -> Sample {
+    pids.iter()
+        .filter_map(|pid| sample(*pid).ok())
+        .fold(Sample::default(), |a, b| Sample {
+            user: a.user + b.user,
+            system: a.system + b.system,
+            rss_kib: a.rss_kib + b.rss_kib,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -212,6 +212,10 @@ async fn ws(sb: &Switchboard, plan: Arc<Plan>, schedule: Schedule) -> anyhow::Re
     .await
 }
 
+/// One publisher lane: a socket to every pod, messages sent on each in turn
+/// (one pod: one socket). Before it switches sockets it waits until the
+/// last one answered everything sent on it, as a client moving between
+/// pods must to keep its order (what that costs shows in latency).
 async fn ws_lane(
     sb: Switchboard,
     plan: Arc<Plan>,
@@ -219,9 +223,19 @@ async fn ws_lane(
     lane: usize,
 ) -> anyhow::Result<Published> {
     let token = sb.token(&format!("load-publisher-{lane}"), true)?;
-    let ws = net::websocket(&sb.ws_url(&token), sb.addr, 0, 1).await?;
-    let (mut tx, rx) = ws.split();
-    let errors = tokio::spawn(count_errors(rx));
+    let mut senders = Vec::new();
+    let mut readers = Vec::new();
+    let mut answers = Vec::new();
+    for addr in &sb.pods {
+        let ws = net::websocket(&Switchboard::ws_url_at(*addr, &token), *addr, 0, 1).await?;
+        let (tx, rx) = ws.split();
+        let (answered, watch) = tokio::sync::watch::channel(0u64);
+        senders.push(tx);
+        answers.push(watch);
+        readers.push(tokio::spawn(count_answers(rx, answered)));
+    }
+    let mut sent = vec![0u64; senders.len()];
+    let mut last: Option<usize> = None;
     let mut ticks = Ticks::new(&plan, schedule, owned(&plan, lane));
     let mut id = 0u64;
     while let Some((channel, payload)) = ticks.next().await {
@@ -230,16 +244,27 @@ async fn ws_lane(
             r#"{{"type":"publish","id":{id},"channel":"{}","data":{payload}}}"#,
             plan.channel_name(channel)
         );
-        let sent = tx.send(Message::text(frame)).await;
-        ticks.sent(channel, sent.is_ok());
+        let k = id as usize % senders.len();
+        if let Some(j) = last.filter(|j| *j != k) {
+            let want = sent[j];
+            let _ = answers[j].wait_for(|n| *n >= want).await;
+        }
+        let ok = senders[k].send(Message::text(frame)).await.is_ok();
+        sent[k] += 1;
+        last = Some(k);
+        ticks.sent(channel, ok);
     }
     let mut out = ticks.out;
     // Let the last acks arrive before closing.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = tx.close().await;
-    out.errors += tokio::time::timeout(Duration::from_secs(5), errors)
-        .await
-        .context("publisher reader")??;
+    for mut tx in senders {
+        let _ = tx.close().await;
+    }
+    for errors in readers {
+        out.errors += tokio::time::timeout(Duration::from_secs(5), errors)
+            .await
+            .context("publisher reader")??;
+    }
     Ok(out)
 }
 
@@ -270,13 +295,24 @@ async fn nats_lane(
 
 /// Counts the error replies on a publisher's socket until it closes: the
 /// schedule is open-loop, so replies are counted, never waited for.
-async fn count_errors(mut rx: impl futures_util::Stream<Item = Result<Message, WsError>> + Unpin) -> u64 {
+async fn count_errors(rx: impl futures_util::Stream<Item = Result<Message, WsError>> + Unpin) -> u64 {
+    count_answers(rx, tokio::sync::watch::Sender::new(0)).await
+}
+
+/// Counts error answers, and every answer (ack or error) in `answered`.
+async fn count_answers(
+    mut rx: impl futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+    answered: tokio::sync::watch::Sender<u64>,
+) -> u64 {
     let mut errors = 0;
     while let Some(Ok(msg)) = rx.next().await {
-        if let Message::Text(t) = msg
-            && t.contains(r#""type":"error""#)
-        {
-            errors += 1;
+        if let Message::Text(t) = msg {
+            if t.contains(r#""type":"error""#) {
+                errors += 1;
+            }
+            if t.contains(r#""type":"ack""#) || t.contains(r#""type":"error""#) {
+                answered.send_modify(|n| *n += 1);
+            }
         }
     }
     errors

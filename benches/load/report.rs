@@ -243,11 +243,10 @@ pub fn medians(results: &[RunResult]) -> Medians {
 
 /// A Markdown table: medians for Switchboard and the NATS baseline, and
 /// their ratio (Switchboard / NATS).
-pub fn table(results: &[RunResult]) -> String {
+/// Medians per scenario of target `a` beside target `b`, and `a / b`.
+pub fn table(results: &[RunResult], a: &str, b: &str) -> String {
     let m = medians(results);
-    let mut out = String::from(
-        "| scenario | metric | switchboard | nats | ratio | runs |\n|---|---|---|---|---|---|\n",
-    );
+    let mut out = format!("| scenario | metric | {a} | {b} | ratio | runs |\n|---|---|---|---|---|---|\n");
     let scenarios: Vec<String> = {
         let mut s: Vec<String> = m.keys().map(|(s, _)| s.clone()).collect();
         s.dedup();
@@ -255,7 +254,7 @@ pub fn table(results: &[RunResult]) -> String {
     };
     for scenario in scenarios {
         let get = |target: &str| m.get(&(scenario.clone(), target.to_owned()));
-        let (sb, nats) = (get("switchboard"), get("nats"));
+        let (sb, nats) = (get(a), get(b));
         for (name, _) in METRICS {
             let a = sb.and_then(|(_, v)| v.get(name).copied());
             let b = nats.and_then(|(_, v)| v.get(name).copied());
@@ -349,7 +348,7 @@ mod tests {
             m[&("fanout-1k".into(), "switchboard".into())].1["cpu_s_per_1m"],
             5.0
         );
-        let t = table(&results);
+        let t = table(&results, "switchboard", "nats");
         assert!(
             t.contains("| fanout-1k | cpu_s_per_1m | 5.00 | 8.00 | 0.62× | 3/1 |"),
             "{t}"

@@ -38,8 +38,8 @@ pub struct RunConfig {
     pub sources: usize,
     /// Handshakes in flight at once.
     pub handshakes: usize,
-    /// The server process, for CPU and memory.
-    pub server_pid: Option<u32>,
+    /// The server's processes (summed: a cluster's pods and nats-server), for CPU and memory.
+    pub server_pid: Vec<u32>,
     pub label: String,
 }
 
@@ -96,11 +96,7 @@ async fn connect_all(cfg: &RunConfig) -> Connected {
 }
 
 pub async fn run(cfg: RunConfig) -> anyhow::Result<RunResult> {
-    let sample = || {
-        cfg.server_pid
-            .and_then(|pid| procfs::sample(pid).ok())
-            .unwrap_or_default()
-    };
+    let sample = || procfs::sample_all(&cfg.server_pid);
     let before = sample();
     let connected = connect_all(&cfg).await;
     let mut result = RunResult::new(&cfg);
@@ -161,7 +157,8 @@ async fn deliver(
     let hostile = (plan.hostile > 0)
         .then(|| tokio::spawn(hostile::run(cfg.target.clone(), plan.hostile, stop_rx.clone())));
     let peak = Arc::new(AtomicU64::new(0));
-    let sampler = cfg.server_pid.map(|pid| {
+    let pids = cfg.server_pid.clone();
+    let sampler = (!pids.is_empty()).then(|| {
         let (peak, mut stop) = (Arc::clone(&peak), stop_rx.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -170,9 +167,7 @@ async fn deliver(
                     _ = stop.changed() => return,
                     _ = tick.tick() => {}
                 }
-                if let Ok(s) = procfs::sample(pid) {
-                    peak.fetch_max(s.rss_kib, Ordering::Relaxed);
-                }
+                peak.fetch_max(procfs::sample_all(&pids).rss_kib, Ordering::Relaxed);
             }
         })
     });

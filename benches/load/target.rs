@@ -19,7 +19,13 @@ pub type Ws = RawWs;
 /// A Switchboard server and the credentials to load it.
 #[derive(Clone, Debug)]
 pub struct Switchboard {
+    /// The first pod: where operators and HTTP publishers go.
     pub addr: SocketAddr,
+    /// Every pod (the first included): subscribers and WebSocket publishes
+    /// are spread over them.
+    pub pods: Vec<SocketAddr>,
+    /// Whether the pods run in cluster mode (the result's target is named so).
+    pub cluster: bool,
     pub org: String,
     /// The org's HS256 secret, to sign client tokens.
     pub secret: String,
@@ -43,6 +49,7 @@ pub enum Target {
 impl Target {
     pub fn name(&self) -> &'static str {
         match self {
+            Target::Switchboard(sb) if sb.cluster => "cluster",
             Target::Switchboard(_) => "switchboard",
             Target::Nats(_) => "nats",
         }
@@ -83,19 +90,19 @@ impl Switchboard {
     }
 
     pub fn ws_url(&self, token: &str) -> String {
-        format!("ws://{}/v1/ws?token={token}", self.addr)
+        Self::ws_url_at(self.addr, token)
+    }
+
+    pub fn ws_url_at(addr: SocketAddr, token: &str) -> String {
+        format!("ws://{addr}/v1/ws?token={token}")
     }
 
     async fn open(&self, index: usize, channels: &[String], sources: usize) -> anyhow::Result<Ws> {
         let token = self.token(&format!("load-{index}"), false)?;
-        let stream = net::connect(self.addr, index, sources).await?;
-        let mut ws = RawWs::handshake(
-            stream,
-            &self.addr.to_string(),
-            &format!("/v1/ws?token={token}"),
-            &[],
-        )
-        .await?;
+        let addr = self.pods[index % self.pods.len().max(1)];
+        let stream = net::connect(addr, index, sources).await?;
+        let mut ws =
+            RawWs::handshake(stream, &addr.to_string(), &format!("/v1/ws?token={token}"), &[]).await?;
         for (id, channel) in channels.iter().enumerate() {
             let frame = serde_json::json!({"type": "subscribe", "id": id, "channel": channel});
             ws.send(rawws::TEXT, frame.to_string().as_bytes()).await?;

@@ -35,7 +35,7 @@ async fn check(target: Target, plan: Plan, via: Via) -> switchboard_bench::repor
         via,
         sources: 2,
         handshakes: 8,
-        server_pid: Some(std::process::id()),
+        server_pid: vec![std::process::id()],
         label: "test".into(),
     })
     .await
@@ -173,7 +173,7 @@ async fn idle_and_connect_storm_report_their_figures() {
         via: Via::Http,
         sources: 1,
         handshakes: 16,
-        server_pid: Some(std::process::id()),
+        server_pid: vec![std::process::id()],
         label: "test".into(),
     };
     let idle = run(base.clone()).await.unwrap();
@@ -201,7 +201,7 @@ async fn a_wrong_target_is_refused() {
         via: Via::Http,
         sources: 1,
         handshakes: 1,
-        server_pid: None,
+        server_pid: Vec::new(),
         label: String::new(),
     })
     .await

@@ -514,10 +514,19 @@ impl Accounts {
     fn close_idle(&self, idle: Duration, active: &impl Fn(&OrgId) -> bool) {
         let now = self.now_ms();
         let idle_ms = idle.as_millis() as u64;
+        let mut closed = Vec::new();
         self.slots.lock().retain(|org, slot| {
             let fresh = now.saturating_sub(slot.last_used.load(Ordering::Relaxed)) < idle_ms;
             // A slot being opened right now is kept: its opener holds the lock.
-            fresh || active(org) || slot.conn.try_lock().is_err()
+            let keep = fresh || active(org) || slot.conn.try_lock().is_err();
+            if !keep {
+                closed.push(org.clone());
+            }
+            keep
         });
+        // The backplane's handles share the connection: it closes once they go too.
+        for org in closed {
+            self.backplane.forget(&org);
+        }
     }
 }

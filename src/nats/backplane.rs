@@ -267,6 +267,12 @@ impl NatsBackplane {
         Ok((client, stream))
     }
 
+    /// Lets go of `org`'s stream handle (its connection was closed as idle);
+    /// the next use opens it again.
+    pub fn forget(&self, org: &OrgId) {
+        self.streams.lock().remove(org);
+    }
+
     /// Brings `key`'s stored messages to the hub with `feed`, and when the
     /// feed ends (its connection broke), follows again from where it was,
     /// until detached.

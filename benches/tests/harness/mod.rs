@@ -61,6 +61,8 @@ pub async fn switchboard() -> RunningSwitchboard {
     RunningSwitchboard {
         target: Switchboard {
             addr,
+            pods: vec![addr],
+            cluster: false,
             org: "load".into(),
             secret: SECRET.into(),
             api_key: key.plaintext,
