@@ -68,6 +68,9 @@ pub mod env {
 /// An org's NATS connection on a pod outlives its last client by this much,
 /// so a client that reconnects at once does not pay for a new connection.
 pub const DEFAULT_NATS_ORG_IDLE: Duration = Duration::from_secs(300);
+/// Long enough to ride out a slow heartbeat, short enough that an agent
+/// whose pod crashed takes its role back within seconds.
+pub const DEFAULT_ROLE_LEASE: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -117,6 +120,9 @@ pub struct FileNats {
     pub dir: Option<PathBuf>,
     /// Seconds an org's NATS connection stays open on a pod after its last client left.
     pub org_idle_secs: Option<u64>,
+    /// Seconds an operator role stays held after the pod holding it stopped
+    /// renewing it (a crashed pod's roles are free again after this).
+    pub role_lease_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -392,6 +398,10 @@ impl Settings {
             .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if file.nats.role_lease_secs == Some(0) {
+            errors
+                .push("nats.role_lease_secs must be at least 1: a role no one renews must come free".into());
+        }
         let cluster = match (
             over.nats_url.clone().or(file.nats.url),
             over.nats_dir.clone().or(file.nats.dir),
@@ -400,6 +410,7 @@ impl Settings {
                 url,
                 dir,
                 org_idle: secs(None, file.nats.org_idle_secs, DEFAULT_NATS_ORG_IDLE),
+                role_lease: secs(None, file.nats.role_lease_secs, DEFAULT_ROLE_LEASE),
             }),
             (None, None) => None,
             (Some(_), None) => {

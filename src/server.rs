@@ -13,7 +13,7 @@ use anyhow::Context;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use switchboard_actors::{Backplane, BackplaneError, CloseReason, History, Hub, InProcess, Tree};
+use switchboard_actors::{Backplane, BackplaneError, CloseReason, History, Hub, InProcess, RoleLeases, Tree};
 
 use crate::ws::liveness::Heartbeat;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +25,7 @@ use crate::http::{App, router};
 use crate::nats::accounts::Accounts;
 use crate::nats::backplane::{NatsBackplane, OpenOrg};
 use crate::nats::cluster::Cluster;
+use crate::nats::roles::ClusterRoles;
 use crate::registry::Registry;
 use crate::ws::WsSettings;
 
@@ -43,6 +44,8 @@ const MAINTAIN_INTERVAL: Duration = Duration::from_secs(30);
 
 pub struct Server {
     listener: TcpListener,
+    /// Cluster mode: operator roles and sessions across pods.
+    roles: Option<Arc<ClusterRoles>>,
     app: Arc<App>,
     tree: Tree,
     settings: Settings,
@@ -85,7 +88,22 @@ impl Server {
                 (memory.clone(), memory)
             }
         };
-        let tree = Tree::start(hub, backplane, history, settings.limits.clone()).await?;
+        let roles = match &cluster {
+            Some(c) => {
+                Some(ClusterRoles::open(c.broker.clone(), c.settings.role_lease, Arc::clone(&pool)).await?)
+            }
+            None => None,
+        };
+        let tree = match &roles {
+            Some(roles) => {
+                let leases: Arc<dyn RoleLeases> = roles.clone();
+                Tree::start_with(hub, backplane, history, settings.limits.clone(), leases).await?
+            }
+            None => Tree::start(hub, backplane, history, settings.limits.clone()).await?,
+        };
+        if let Some(roles) = &roles {
+            roles.serve(tree.services());
+        }
         let accounts = cluster.zip(nats).map(|(cluster, nats)| {
             let accounts = Accounts::new(cluster, registry.clone(), nats, settings.max_frame_bytes);
             let _ = pool.set(Arc::clone(&accounts));
@@ -116,6 +134,7 @@ impl Server {
         });
         Ok(Server {
             listener,
+            roles,
             app,
             tree,
             settings,
@@ -142,6 +161,9 @@ impl Server {
         // Registry changes (this pod's or, in cluster mode, another's) reach the live view.
         http.spawn(Arc::clone(&self.app.registry).follow(cancel.clone()));
         http.spawn(crate::enforce::run(Arc::clone(&self.app), cancel.clone()));
+        if let Some(roles) = &self.roles {
+            http.spawn(Arc::clone(roles).run(cancel.clone()));
+        }
         if let (Some(accounts), Some(cluster)) = (&self.app.accounts, &self.settings.cluster) {
             let conns = Arc::clone(&self.app.org_conns);
             http.spawn(Arc::clone(accounts).run(cluster.org_idle, move |org| conns.has(org), cancel.clone()));

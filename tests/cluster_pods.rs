@@ -16,18 +16,9 @@ use switchboard_proto::ServerFrame;
 
 const CHANNEL: &str = "chat.all";
 
+/// Pods whose publishers pipeline (no per-connection publish budget).
 async fn pods(nats: &Nats, n: usize) -> Vec<TestServer> {
-    let mut pods = Vec::new();
-    for _ in 0..n {
-        // Publishers pipeline: no per-connection publish budget.
-        pods.push(TestServer::start_cluster(nats, |c| c.limits.publish_rate = Some(0)).await);
-    }
-    // Each imported the test orgs with API keys of its own: the last won.
-    let keys = pods[n - 1].api_keys.clone();
-    for pod in &mut pods {
-        pod.api_keys = keys.clone();
-    }
-    pods
+    cluster(nats, n, |c| c.limits.publish_rate = Some(0)).await
 }
 
 /// Publishes `n` events `{"from": from, "n": k}` over one WebSocket, all

@@ -13,6 +13,7 @@ mod burst;
 mod cluster;
 mod cluster_pods;
 mod cluster_registry;
+mod cluster_sessions;
 mod cluster_stream;
 mod echo_agent;
 mod fanout;

@@ -19,6 +19,7 @@ use crate::backplane::{BoxFuture, Event, Position};
 use crate::channels::Channels;
 use crate::clock::{Instant, RateLimiter, rate_limiter, spent};
 use crate::hub::{HubError, Live, Offsetted};
+use crate::leases::Forwarded;
 use crate::limits::{REFUSAL_BURST, REFUSAL_RATE};
 use crate::link::{FrameHandler, Supervised};
 use crate::org::OrgHandle;
@@ -387,9 +388,6 @@ impl Connection {
                 format!("no live operator session for {to}"),
             )
         };
-        let Some(session) = self.shared.org.resolve(&to).await else {
-            return not_found(self, id);
-        };
         let frame = ServerFrame::Frame {
             from: From {
                 conn: self.shared.id,
@@ -399,15 +397,34 @@ impl Connection {
             data,
         }
         .prepare();
-        match ractor::call!(session, SessionMsg::FromClient, frame) {
-            Ok(Ok(())) => self.reply(ServerFrame::Ack(Ack::new(id))),
-            Ok(Err(Offline)) => self.refuse(
+        let outcome = match self.shared.org.resolve(&to).await {
+            Some(session) => match ractor::call!(session, SessionMsg::FromClient, frame) {
+                Ok(Ok(())) => Forwarded::Delivered,
+                Ok(Err(Offline)) => Forwarded::Offline,
+                // It ended between the lookup and the call.
+                Err(_) => Forwarded::NotFound,
+            },
+            // Not on this pod: perhaps on another.
+            None => {
+                self.services
+                    .leases
+                    .forward(self.shared.org.org(), &to, frame)
+                    .await
+            }
+        };
+        match outcome {
+            Forwarded::Delivered => self.reply(ServerFrame::Ack(Ack::new(id))),
+            Forwarded::Offline => self.refuse(
                 Some(id),
                 ErrorCode::Unavailable,
                 format!("{to} is offline and its buffer is full; retry later"),
             ),
-            // It ended between the lookup and the call.
-            Err(_) => not_found(self, id),
+            Forwarded::Unavailable => self.refuse(
+                Some(id),
+                ErrorCode::Unavailable,
+                format!("{to} cannot be reached right now; retry"),
+            ),
+            Forwarded::NotFound => not_found(self, id),
         }
     }
 }

@@ -23,7 +23,8 @@
 //! - [`connection`]: one client's protocol logic (subscribe/resume, publish, send).
 //! - [`session`], [`operator`]: operator sessions, their turns, their sockets;
 //!   [`sessions`]: how request paths reach them; [`session_store`]: what a
-//!   session leaves behind to restart from.
+//!   session leaves behind to restart from; [`leases`]: roles and sessions
+//!   across pods.
 //! - [`link`]: what a socket task needs from the protocol behind it.
 //! - [`clock`]: the one (pausable) clock every timer reads.
 //! - [`limits`], [`telemetry`]: settings the actors enforce, metric names.
@@ -35,6 +36,7 @@ pub mod clock;
 pub mod connection;
 pub mod connections;
 pub mod hub;
+pub mod leases;
 pub mod limits;
 pub mod link;
 pub mod memory;
@@ -52,6 +54,7 @@ pub use backplane::{Backplane, BackplaneError, Event, History, HistoryRead, Posi
 pub use channels::Channels;
 pub use connection::{Connection, Identity};
 pub use hub::{ChannelKey, Hub};
+pub use leases::{Forwarded, LeaseError, LocalOnly, RoleLeases};
 pub use limits::Limits;
 pub use link::{FrameHandler, Match, Supervised};
 pub use memory::{HistoryLimits, InProcess};

@@ -16,6 +16,7 @@ use switchboard_proto::{ChannelName, ErrorCode, OrgId, RoleName, Sid, Target};
 use crate::backplane::BackplaneError;
 use crate::channels::Channels;
 use crate::hub::ChannelKey;
+use crate::leases::RoleLeases;
 use crate::orgs::OrgsMsg;
 use crate::session::{OperatorSession, SessionArgs, SessionLimits, SessionMsg};
 use crate::session_store::{SessionRecord, SessionStore};
@@ -72,6 +73,9 @@ pub enum MintError {
     Conflict(Vec<RoleName>),
     #[error("the org already has {0} operator sessions")]
     TooMany(usize),
+    /// Roles across pods could not be checked; retryable.
+    #[error("{0}")]
+    Leases(String),
     #[error(transparent)]
     Org(#[from] OrgError),
 }
@@ -79,6 +83,8 @@ pub enum MintError {
 pub struct OrgArgs {
     pub org: OrgId,
     pub channels: Arc<Channels>,
+    /// Gives a finished session's roles back on every pod.
+    pub leases: Arc<dyn RoleLeases>,
     pub sessions: Arc<SessionStore>,
     pub session_limits: SessionLimits,
     /// To give back a session's hold on the org when it ends.
@@ -138,6 +144,7 @@ impl OrgState {
         }
         self.roles.retain(|_, holder| holder != sid);
         if self.args.sessions.remove(sid) {
+            self.args.leases.release(&self.args.org, sid);
             let _ = self.args.orgs.cast(OrgsMsg::Release(self.args.org.clone()));
         }
         actor

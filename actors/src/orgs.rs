@@ -13,6 +13,7 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPo
 use switchboard_proto::OrgId;
 
 use crate::channels::Channels;
+use crate::leases::RoleLeases;
 use crate::org::{OrgActor, OrgArgs, OrgError, OrgMsg};
 use crate::session::SessionLimits;
 use crate::session_store::SessionStore;
@@ -32,6 +33,7 @@ pub enum OrgsMsg {
 
 pub struct OrgsArgs {
     pub channels: Arc<Channels>,
+    pub leases: Arc<dyn RoleLeases>,
     pub sessions: Arc<SessionStore>,
     pub session_limits: SessionLimits,
     pub idle: Duration,
@@ -55,6 +57,7 @@ impl OrgsState {
         let args = OrgArgs {
             org: org.clone(),
             channels: Arc::clone(&self.args.channels),
+            leases: Arc::clone(&self.args.leases),
             sessions: Arc::clone(&self.args.sessions),
             session_limits: self.args.session_limits,
             orgs: me.clone(),

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ractor::ActorRef;
-use switchboard_proto::{ConnId, OrgId, Sid, Target};
+use switchboard_proto::{ConnId, OrgId, PreparedFrame, Sid, Target};
 
+use crate::leases::{Forwarded, LeaseError, RoleLeases};
 use crate::operator::{OperatorLink, OperatorShared};
 use crate::org::{MintError, OrgError, OrgMsg};
 use crate::orgs::OrgsMsg;
@@ -28,11 +29,22 @@ pub struct Sessions {
     orgs: ActorRef<OrgsMsg>,
     store: Arc<SessionStore>,
     ids: Arc<ConnIds>,
+    leases: Arc<dyn RoleLeases>,
 }
 
 impl Sessions {
-    pub(crate) fn new(orgs: ActorRef<OrgsMsg>, store: Arc<SessionStore>, ids: Arc<ConnIds>) -> Self {
-        Self { orgs, store, ids }
+    pub(crate) fn new(
+        orgs: ActorRef<OrgsMsg>,
+        store: Arc<SessionStore>,
+        ids: Arc<ConnIds>,
+        leases: Arc<dyn RoleLeases>,
+    ) -> Self {
+        Self {
+            orgs,
+            store,
+            ids,
+            leases,
+        }
     }
 
     /// Turns streaming on this pod now (draining waits for them).
@@ -60,19 +72,49 @@ impl Sessions {
             .flatten()
     }
 
-    /// Creates an operator session: its roles are claimed atomically within
-    /// the org, and it holds the org until it ends.
+    /// Creates an operator session: its roles are claimed atomically on
+    /// every pod (then within the org on this one), and it holds the org
+    /// until it ends.
     pub async fn mint(&self, record: SessionRecord) -> Result<(), MintError> {
-        let org = record.org.clone();
-        let actor =
-            ractor::call!(self.orgs, OrgsMsg::Checkout, org.clone()).map_err(|_| OrgError::Unavailable)??;
-        let minted = ractor::call!(actor, OrgMsg::Mint, record)
+        let (org, sid) = (record.org.clone(), record.sid.clone());
+        self.leases
+            .claim(&org, &sid, &record.roles)
+            .await
+            .map_err(|e| match e {
+                LeaseError::Held(roles) => MintError::Conflict(roles),
+                LeaseError::Unavailable(detail) => MintError::Leases(detail),
+            })?;
+        let checked_out = ractor::call!(self.orgs, OrgsMsg::Checkout, org.clone())
             .map_err(|_| MintError::Org(OrgError::Unavailable))
-            .and_then(|r| r);
+            .and_then(|r| r.map_err(MintError::Org));
+        let minted = match checked_out {
+            Ok(actor) => {
+                let minted = ractor::call!(actor, OrgMsg::Mint, record)
+                    .map_err(|_| MintError::Org(OrgError::Unavailable))
+                    .and_then(|r| r);
+                if minted.is_err() {
+                    let _ = self.orgs.cast(OrgsMsg::Release(org.clone()));
+                }
+                minted
+            }
+            Err(e) => Err(e),
+        };
         if minted.is_err() {
-            let _ = self.orgs.cast(OrgsMsg::Release(org));
+            self.leases.release(&org, &sid);
         }
         minted
+    }
+
+    /// Hands a frame from another pod to the session `sid` hosted here.
+    pub async fn deliver(&self, sid: &Sid, frame: PreparedFrame) -> Forwarded {
+        let Some(session) = self.actor(sid).await else {
+            return Forwarded::NotFound;
+        };
+        match ractor::call!(session, SessionMsg::FromClient, frame) {
+            Ok(Ok(())) => Forwarded::Delivered,
+            Ok(Err(_)) => Forwarded::Offline,
+            Err(_) => Forwarded::NotFound,
+        }
     }
 
     pub async fn info(&self, sid: &Sid) -> Option<SessionInfo> {

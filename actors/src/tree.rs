@@ -21,6 +21,7 @@ use crate::channels::Channels;
 use crate::connection::{Connection, Identity};
 use crate::connections::{Connections, ConnectionsMsg, supervised};
 use crate::hub::Hub;
+use crate::leases::{LocalOnly, RoleLeases};
 use crate::limits::Limits;
 use crate::link::{FrameHandler, Match};
 use crate::org::{OrgError, OrgHandle};
@@ -33,6 +34,8 @@ use crate::sink::{CloseReason, Sink};
 /// What every request path needs, built once.
 pub struct Services {
     pub channels: Arc<Channels>,
+    /// Roles and sessions on other pods.
+    pub leases: Arc<dyn RoleLeases>,
     pub sessions: Sessions,
     pub limits: Limits,
     orgs: ActorRef<OrgsMsg>,
@@ -144,6 +147,7 @@ pub enum RootMsg {
 
 struct RootArgs {
     channels: Arc<Channels>,
+    leases: Arc<dyn RoleLeases>,
     sessions: Arc<SessionStore>,
     session_limits: SessionLimits,
     org_idle: Duration,
@@ -169,6 +173,7 @@ impl Actor for Root {
     ) -> Result<RootState, ActorProcessingErr> {
         let orgs_args = OrgsArgs {
             channels: args.channels,
+            leases: args.leases,
             sessions: args.sessions,
             session_limits: args.session_limits,
             idle: args.org_idle,
@@ -236,18 +241,31 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Starts the tree over a hub and the backplane that feeds it.
+    /// Starts the tree over a hub and the backplane that feeds it (one pod:
+    /// roles and sessions are this pod's alone).
     pub async fn start(
         hub: Arc<Hub>,
         backplane: Arc<dyn Backplane>,
         history: Arc<dyn History>,
         limits: Limits,
     ) -> Result<Tree, TreeError> {
+        Self::start_with(hub, backplane, history, limits, Arc::new(LocalOnly)).await
+    }
+
+    /// As [`Tree::start`], with roles and sessions shared by pods through `leases`.
+    pub async fn start_with(
+        hub: Arc<Hub>,
+        backplane: Arc<dyn Backplane>,
+        history: Arc<dyn History>,
+        limits: Limits,
+        leases: Arc<dyn RoleLeases>,
+    ) -> Result<Tree, TreeError> {
         let tracker = TaskTracker::new();
         let store = Arc::new(SessionStore::default());
         let channels = Arc::new(Channels::new(hub, backplane, history));
         let args = RootArgs {
             channels: Arc::clone(&channels),
+            leases: Arc::clone(&leases),
             sessions: Arc::clone(&store),
             session_limits: SessionLimits::from(&limits),
             org_idle: limits.org_idle,
@@ -258,7 +276,8 @@ impl Tree {
         let ids = Arc::new(ConnIds::default());
         let services = Arc::new(Services {
             channels,
-            sessions: Sessions::new(orgs.clone(), store, Arc::clone(&ids)),
+            sessions: Sessions::new(orgs.clone(), store, Arc::clone(&ids), Arc::clone(&leases)),
+            leases,
             limits,
             orgs,
             connections,

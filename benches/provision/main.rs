@@ -50,6 +50,7 @@ async fn pod(args: &Args) -> anyhow::Result<(Arc<App>, tokio::sync::oneshot::Sen
             url: Some(args.nats_url.clone()),
             dir: Some(args.nats_dir.clone()),
             org_idle_secs: Some(args.idle_secs),
+            ..Default::default()
         },
         ..FileConfig::default()
     };

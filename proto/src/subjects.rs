@@ -7,7 +7,7 @@
 //! Defined here only, so the broker, its tests and publishers agree.
 
 use crate::channel::{ChannelName, ChannelPattern};
-use crate::ids::TurnId;
+use crate::ids::{Sid, TurnId};
 
 /// Where publishers on NATS send a channel's events: `pub.<channel>`.
 pub const PUBLISH_PREFIX: &str = "pub.";
@@ -22,6 +22,12 @@ pub const INGEST_ALL: &str = "in.>";
 pub const CHANNEL_ALL: &str = "ch.>";
 /// Where the stream republishes each stored message: `live.<channel>`.
 pub const LIVE_ALL: &str = "live.>";
+
+/// Where frames for an operator session hosted on another pod go: the pod
+/// hosting it answers requests on `op.<sid>`.
+pub fn session(sid: &Sid) -> String {
+    format!("op.{sid}")
+}
 
 /// A subject nobody answers: a request to it is a round trip to the server.
 pub const PING: &str = "_SB.PING";

@@ -42,7 +42,7 @@ fn info_json(info: &SessionInfo) -> serde_json::Value {
 
 #[utoipa::path(post, path = "/v1/operators", tag = "operators", security(("bearer" = [])),
     request_body(content = serde_json::Value, description = "roles to claim: {\"roles\": [..]} (may be empty)"),
-    responses((status = 201, description = "the session and its token, shown once", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 409, description = "conflict", body = crate::http::openapi::ErrorBody), (status = 413, description = "body too large", body = crate::http::openapi::ErrorBody), (status = 429, description = "a limit was reached", body = crate::http::openapi::ErrorBody)))]
+    responses((status = 201, description = "the session and its token, shown once", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 409, description = "conflict", body = crate::http::openapi::ErrorBody), (status = 413, description = "body too large", body = crate::http::openapi::ErrorBody), (status = 429, description = "a limit was reached", body = crate::http::openapi::ErrorBody), (status = 503, description = "roles cannot be checked across pods right now", body = crate::http::openapi::ErrorBody)))]
 pub async fn mint(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let org = verify_api_key(app.directory.as_ref(), bearer(&headers), None, Scope::Operators)?;
     let bytes = read_body(body, MAX_BODY_BYTES).await?;
@@ -97,6 +97,13 @@ pub async fn mint(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -
             Err(ApiError::of(ErrorCode::Conflict, message).with("roles", json!(taken)))
         }
         Err(e @ MintError::TooMany(_)) => Err(ApiError::of(ErrorCode::LimitExceeded, e.to_string())),
+        Err(MintError::Leases(detail)) => {
+            tracing::warn!(error = %detail, "session mint: role leases unavailable");
+            Err(ApiError::of(
+                ErrorCode::Unavailable,
+                "roles cannot be checked across pods right now; retry",
+            ))
+        }
         Err(MintError::Org(e)) => {
             tracing::error!(error = %e, "session mint failed");
             Err(ApiError::of(e.code(), e.public_message()))

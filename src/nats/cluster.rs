@@ -22,6 +22,8 @@ pub struct ClusterSettings {
     pub dir: PathBuf,
     /// An org with no client on this pod for this long closes its NATS connection.
     pub org_idle: Duration,
+    /// A role not renewed for this long is free (its pod is gone).
+    pub role_lease: Duration,
 }
 
 /// The operator as a pod needs it: its public key and the signing key that

@@ -13,5 +13,6 @@ pub mod init;
 pub mod jwt;
 pub mod live;
 pub mod publishers;
+pub mod roles;
 pub mod stream;
 pub mod turns;

@@ -142,6 +142,24 @@ pub async fn two_pods(nats: &Nats) -> (TestServer, TestServer) {
     (a, b)
 }
 
+/// `n` pods of one cluster, each configured by `edit`; all use the API
+/// keys of the last one (each imported the test orgs with keys of its own).
+pub async fn cluster(
+    nats: &Nats,
+    n: usize,
+    edit: impl Fn(&mut switchboard::config::FileConfig),
+) -> Vec<TestServer> {
+    let mut pods = Vec::new();
+    for _ in 0..n {
+        pods.push(TestServer::start_cluster(nats, &edit).await);
+    }
+    let keys = pods[n - 1].api_keys.clone();
+    for pod in &mut pods {
+        pod.api_keys = keys.clone();
+    }
+    pods
+}
+
 /// The accounts nats-server knows (system and broker included).
 pub async fn server_accounts(nats: &Nats) -> Vec<String> {
     let sys = nats.connect("sys.creds").await;

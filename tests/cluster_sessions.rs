@@ -1,0 +1,147 @@
+//! Operator roles and sessions across pods (cluster mode, a real
+//! nats-server): a role is held once cluster-wide, a client on one pod
+//! reaches an operator on another by role or by sid, and a crashed pod's
+//! role comes free after its lease.
+
+use crate::common;
+
+use common::nats::*;
+use common::*;
+use serde_json::json;
+use switchboard_proto::{ErrorCode, RequestId, ServerFrame};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_mints_for_one_role_over_three_pods_give_one_session() {
+    let nats = Nats::start().await;
+    let pods = std::sync::Arc::new(cluster(&nats, 3, |_| {}).await);
+    let mut mints = Vec::new();
+    for i in 0..50 {
+        let pods = pods.clone();
+        mints.push(tokio::spawn(async move {
+            mint(&pods[i % 3], "acme", &["main-ai"]).await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for m in mints {
+        let (status, body) = m.await.unwrap();
+        if status == 409 {
+            assert_eq!(body["error"]["roles"], json!(["main-ai"]), "{body}");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 49, "{statuses:?}");
+    // Other roles, and the same role in another org, are free.
+    mint_ok(&pods[1], "acme", &["helper"]).await;
+    mint_ok(&pods[2], "globex", &["main-ai"]).await;
+}
+
+/// Expects the operator to get `frame`s data `data`.
+async fn receives(op: &mut Client, data: serde_json::Value) {
+    match op.next().await {
+        ServerFrame::Frame { data: got, .. } => {
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(got.get()).unwrap(),
+                data
+            )
+        }
+        other => panic!("expected a frame, got {}", other.to_json()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_on_one_pod_reaches_an_operator_on_another_by_role_and_by_sid() {
+    let nats = Nats::start().await;
+    let pods = cluster(&nats, 3, |_| {}).await;
+    let session = mint_ok(&pods[0], "acme", &["main-ai"]).await;
+    let mut op = Client::operator(&pods[0], &session).await;
+    let mut client = Client::connect_all(&pods[1], "acme").await;
+    client
+        .send(json!({"type": "send", "id": 1, "to": "role:main-ai", "reply_to": "replies.1", "data": {"q": "hi"}}))
+        .await;
+    client.ack(1).await;
+    receives(&mut op, json!({"q": "hi"})).await;
+    let mut other = Client::connect_all(&pods[2], "acme").await;
+    let to = format!("op:{}", session.sid);
+    other
+        .send(json!({"type": "send", "id": 2, "to": to, "data": {"q": "by sid"}}))
+        .await;
+    other.ack(2).await;
+    receives(&mut op, json!({"q": "by sid"})).await;
+    // Nobody holds the role, nowhere; another org's operator is not reachable.
+    other
+        .send(json!({"type": "send", "id": 3, "to": "role:nobody", "data": 1}))
+        .await;
+    assert_eq!(
+        other.error().await,
+        (Some(RequestId::Num(3)), ErrorCode::NotFound)
+    );
+    let mut globex = Client::connect_all(&pods[1], "globex").await;
+    globex
+        .send(json!({"type": "send", "id": 4, "to": "role:main-ai", "data": 1}))
+        .await;
+    assert_eq!(
+        globex.error().await,
+        (Some(RequestId::Num(4)), ErrorCode::NotFound)
+    );
+    globex
+        .send(json!({"type": "send", "id": 5, "to": to, "data": 1}))
+        .await;
+    assert_eq!(
+        globex.error().await,
+        (Some(RequestId::Num(5)), ErrorCode::NotFound)
+    );
+    // Ended on its pod: its role is free on every pod at once.
+    let (status, _) = session_call(
+        &pods[0],
+        reqwest::Method::DELETE,
+        &session.sid,
+        Some(&session.token),
+    )
+    .await;
+    assert_eq!(status, 204);
+    eventually("the role comes free", async || {
+        mint(&pods[2], "acme", &["main-ai"]).await.0 == 201
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_role_of_a_pod_killed_with_its_session_comes_free_after_its_lease() {
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lease = |c: &mut switchboard::config::FileConfig| c.nats.role_lease_secs = Some(2);
+    let (mut config, keys) = test_config(lease);
+    config.nats.url = Some(nats.url.clone());
+    config.nats.dir = Some(nats.dir.clone());
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let mut doomed = common::process::serve(dir.path(), &["--config", path.to_str().unwrap()]);
+    let acme_key = &keys[ORGS.iter().position(|o| *o == "acme").unwrap()];
+    let minted = reqwest::Client::new()
+        .post(format!("http://{}/v1/operators", doomed.addr))
+        .bearer_auth(acme_key)
+        .json(&json!({"roles": ["main-ai"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.status(), 201);
+    let mut pods = cluster(&nats, 1, lease).await;
+    let survivor = pods.remove(0);
+    assert_eq!(
+        mint(&survivor, "acme", &["main-ai"]).await.0,
+        409,
+        "held by the other pod"
+    );
+    doomed.child.kill().unwrap();
+    let killed = std::time::Instant::now();
+    eventually("the role comes free", async || {
+        mint(&survivor, "acme", &["main-ai"]).await.0 == 201
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(1),
+        "not before the lease ran out ({took:?})"
+    );
+}
