@@ -31,6 +31,8 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 /// ride out a NATS restart.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(4);
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long the stream remembers message ids: well past a publish's patience.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(20);
 /// Reads this short are direct gets; longer ones use a consumer.
 const DIRECT_READS: usize = 8;
 /// Messages per batch of a longer read.
@@ -109,6 +111,10 @@ impl OrgStream {
                 // count when read.
                 max_messages_per_subject: limits.max_messages.max(2 * CHECKPOINT_EVERY) as i64,
                 allow_rollup: true,
+                // Message ids only guard a publish's own retries (and pods
+                // taking in the same publisher event): seconds, not the
+                // default two minutes of ids to keep.
+                duplicate_window: DUPLICATE_WINDOW,
                 max_age: limits.max_age,
                 discard: stream::DiscardPolicy::Old,
                 allow_direct: true,
