@@ -105,7 +105,13 @@ impl Server {
             roles.serve(tree.services());
         }
         let accounts = cluster.zip(nats).map(|(cluster, nats)| {
-            let accounts = Accounts::new(cluster, registry.clone(), nats, settings.max_frame_bytes);
+            let accounts = Accounts::new(
+                cluster,
+                registry.clone(),
+                nats,
+                Arc::clone(tree.services()),
+                settings.max_frame_bytes,
+            );
             let _ = pool.set(Arc::clone(&accounts));
             accounts
         });

@@ -145,3 +145,26 @@ async fn the_role_of_a_pod_killed_with_its_session_comes_free_after_its_lease() 
         "not before the lease ran out ({took:?})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_counts_subscribers_on_every_pod() {
+    let nats = Nats::start().await;
+    let pods = cluster(&nats, 3, |_| {}).await;
+    let mut clients = Vec::new();
+    for (pod, sub) in [(0, "alice"), (1, "bob"), (2, "alice")] {
+        let mut c = Client::connect(&pods[pod], &token("acme", sub, &[">"], &[])).await;
+        c.subscribe(1, "room").await;
+        clients.push(c);
+    }
+    let (status, body) = get(
+        &pods[1].url("/v1/orgs/acme/channels/room/presence"),
+        Some(pods[1].api_key("acme")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["subscribers"],
+        json!([{"sub": "alice", "connections": 2}, {"sub": "bob", "connections": 1}])
+    );
+    assert_eq!(body["pods"], 3);
+}

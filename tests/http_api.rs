@@ -199,3 +199,51 @@ async fn keys_are_scoped() {
     assert_eq!((status, code(&reply)), (403, "FORBIDDEN"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn presence_says_who_is_subscribed_and_refuses_what_it_should() {
+    let server = TestServer::start().await;
+    let mut clients = Vec::new();
+    for (sub, channel) in [
+        ("alice", "room"),
+        ("alice", "room"),
+        ("bob", "room"),
+        ("carol", "elsewhere"),
+    ] {
+        let mut c = Client::connect(&server, &token("acme", sub, &[">"], &[])).await;
+        c.subscribe(1, channel).await;
+        clients.push(c);
+    }
+    let url = server.url("/v1/orgs/acme/channels/room/presence");
+    let (status, body) = get(&url, Some(server.api_key("acme"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"channel": "room", "pods": 1, "subscribers": [
+            {"sub": "alice", "connections": 2},
+            {"sub": "bob", "connections": 1},
+        ]})
+    );
+    clients[2]
+        .send(json!({"type": "unsubscribe", "id": 2, "channel": "room"}))
+        .await;
+    clients[2].ack(2).await;
+    let (_, body) = get(&url, Some(server.api_key("acme"))).await;
+    assert_eq!(body["subscribers"], json!([{"sub": "alice", "connections": 2}]));
+    let (_, body) = get(
+        &server.url("/v1/orgs/acme/channels/nobody.here/presence"),
+        Some(server.api_key("acme")),
+    )
+    .await;
+    assert_eq!(body["subscribers"], json!([]));
+    // Refusals: no key, another org's key, a bad channel name.
+    assert_eq!(get(&url, None).await.0, 401);
+    let (status, _) = get(&url, Some(server.api_key("globex"))).await;
+    assert!(status == 401 || status == 403, "{status}");
+    let (status, body) = get(
+        &server.url("/v1/orgs/acme/channels/bad%20name/presence"),
+        Some(server.api_key("acme")),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (400, "VALIDATION_ERROR"));
+}

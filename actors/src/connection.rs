@@ -92,6 +92,10 @@ impl Supervised for ConnShared {
         Some((&self.subject, self.credential.as_deref()))
     }
 
+    fn subscribed(&self, channel: &ChannelName) -> bool {
+        self.subscriptions.lock().contains(channel)
+    }
+
     /// Releases every subscription and the hold on the org.
     fn release(&self) {
         let channels = std::mem::take(&mut *self.subscriptions.lock());

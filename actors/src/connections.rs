@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use metrics::{counter, gauge};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use switchboard_proto::ConnId;
+use switchboard_proto::{ChannelName, ConnId, OrgId, Subject};
 use tokio_util::task::TaskTracker;
 
 use crate::link::{Match, Supervised};
@@ -36,6 +36,9 @@ pub enum ConnectionsMsg {
     /// Closes the client connections that match.
     CloseMatching(Match, CloseReason),
     Count(RpcReplyPort<usize>),
+    /// The subjects of the org's client connections subscribed to a channel
+    /// (one entry per connection).
+    Presence(OrgId, ChannelName, RpcReplyPort<Vec<Subject>>),
     Heartbeat,
 }
 
@@ -105,6 +108,15 @@ impl Actor for Connections {
             }
             ConnectionsMsg::Count(reply) => {
                 let _ = reply.send(state.live.len());
+            }
+            ConnectionsMsg::Presence(org, channel, reply) => {
+                let here = state
+                    .live
+                    .values()
+                    .filter(|c| c.org() == Some(&org) && c.subscribed(&channel))
+                    .filter_map(|c| c.principal().map(|(subject, _)| subject.clone()))
+                    .collect();
+                let _ = reply.send(here);
             }
             ConnectionsMsg::Heartbeat => {
                 let now = crate::clock::now();

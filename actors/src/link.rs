@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use switchboard_proto::{ConnId, ErrorCode, OrgId, PreparedFrame, RequestId, ServerFrame, Subject};
+use switchboard_proto::{
+    ChannelName, ConnId, ErrorCode, OrgId, PreparedFrame, RequestId, ServerFrame, Subject,
+};
 
 use crate::backplane::BoxFuture;
 use crate::sink::Sink;
@@ -72,6 +74,11 @@ pub trait Supervised: Send + Sync + 'static {
     /// A client connection's subject and credential id.
     fn principal(&self) -> Option<(&Subject, Option<&str>)> {
         None
+    }
+
+    /// Whether a client connection is subscribed to `channel` (presence).
+    fn subscribed(&self, _channel: &ChannelName) -> bool {
+        false
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
-use switchboard_proto::{ConnId, OrgId};
+use switchboard_proto::{ChannelName, ConnId, OrgId, Subject};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
@@ -119,6 +119,17 @@ impl Services {
     /// A fresh id for a socket on this pod.
     pub fn next_conn_id(&self) -> ConnId {
         self.ids.next()
+    }
+
+    /// Who is subscribed to `channel` of `org` on this pod: a subject per connection.
+    pub async fn presence(&self, org: &OrgId, channel: &ChannelName) -> Vec<Subject> {
+        ractor::call!(
+            self.connections,
+            ConnectionsMsg::Presence,
+            org.clone(),
+            channel.clone()
+        )
+        .unwrap_or_default()
     }
 
     /// Connections open on this pod.

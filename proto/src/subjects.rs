@@ -29,6 +29,10 @@ pub fn session(sid: &Sid) -> String {
     format!("op.{sid}")
 }
 
+/// Where pods ask each other who is subscribed to a channel (the payload
+/// names it).
+pub const PRESENCE: &str = "sb.presence";
+
 /// A subject nobody answers: a request to it is a round trip to the server.
 pub const PING: &str = "_SB.PING";
 

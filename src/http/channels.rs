@@ -1,6 +1,6 @@
-//! `POST /v1/orgs/:org/channels/:channel/publish` and
-//! `GET /v1/orgs/:org/channels/:channel/history?since=&limit=`, with an org
-//! API key.
+//! `POST /v1/orgs/:org/channels/:channel/publish`,
+//! `GET /v1/orgs/:org/channels/:channel/history?since=&limit=` and
+//! `GET /v1/orgs/:org/channels/:channel/presence`, with an org API key.
 
 use std::sync::Arc;
 
@@ -105,4 +105,31 @@ pub async fn history(
     }
     body.extend_from_slice(b"]}");
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/channels/{channel}/presence", tag = "channels", security(("bearer" = [])),
+    params(("org" = String, Path, description = "the org id", example = "demo"), ("channel" = String, Path, example = "chat.1")),
+    responses((status = 200, description = "who is subscribed, on every pod", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 503, description = "unavailable", body = crate::http::openapi::ErrorBody)))]
+pub async fn presence(
+    State(app): State<Arc<App>>,
+    Path((org, channel)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = channel_key(&org, &channel)?;
+    authorize(&app, &headers, &key, Scope::History)?;
+    let (subscribers, pods) = match &app.accounts {
+        Some(accounts) => accounts.presence(&key.org, &key.channel).await.map_err(|e| {
+            tracing::warn!(org = %key.org, error = %e, "presence across pods failed");
+            ApiError::of(ErrorCode::Unavailable, "presence is unavailable right now; retry")
+        })?,
+        None => (
+            crate::nats::presence::count(app.services.presence(&key.org, &key.channel).await),
+            1,
+        ),
+    };
+    let subscribers: Vec<_> = subscribers
+        .into_iter()
+        .map(|(sub, connections)| json!({"sub": sub, "connections": connections}))
+        .collect();
+    Ok(Json(json!({"channel": key.channel, "subscribers": subscribers, "pods": pods})).into_response())
 }

@@ -129,6 +129,10 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/orgs/{org}/channels/{channel}/history",
             get(channels::history),
         )
+        .route(
+            "/v1/orgs/{org}/channels/{channel}/presence",
+            get(channels::presence),
+        )
         .route("/v1/openapi.json", get(openapi::openapi))
         .route("/demo", get(demo::page))
         .route("/demo/switchboard.js", get(demo::client))

@@ -53,7 +53,7 @@ impl Modify for Bearer {
         admin::audit, admin::revoke, admin::revocations,
         tickets::mint,
         publishers::create, publishers::list, publishers::revoke,
-        channels::publish, channels::history,
+        channels::publish, channels::history, channels::presence,
         ops::health, ops::ready, ops::metrics, openapi,
         demo::page, demo::client, demo::token,
     ),

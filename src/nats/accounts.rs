@@ -16,9 +16,10 @@ use super::backplane::NatsBackplane;
 use metrics::{counter, gauge, histogram};
 use nkeys::KeyPair;
 use parking_lot::Mutex;
+use switchboard_actors::Services;
 use switchboard_actors::telemetry;
-use switchboard_proto::OrgId;
 use switchboard_proto::subjects;
+use switchboard_proto::{ChannelName, OrgId};
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::Cluster;
@@ -73,11 +74,14 @@ struct OrgConn {
     broken: Arc<AtomicBool>,
     /// Reads the org's publisher events.
     reader: tokio::task::JoinHandle<()>,
+    /// Answers other pods' presence requests.
+    presence: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for OrgConn {
     fn drop(&mut self) {
         self.reader.abort();
+        self.presence.abort();
         gauge!(telemetry::NATS_ORG_CONNECTIONS).decrement(1.0);
     }
 }
@@ -95,6 +99,8 @@ pub struct Accounts {
     registry: Arc<Registry>,
     /// Where publisher events go.
     backplane: Arc<NatsBackplane>,
+    /// This pod's connections, for presence requests from other pods.
+    services: Arc<Services>,
     /// Largest publisher event taken (the client frame limit).
     max_event_bytes: usize,
     slots: Mutex<HashMap<OrgId, Arc<Slot>>>,
@@ -109,6 +115,7 @@ impl Accounts {
         cluster: Arc<Cluster>,
         registry: Arc<Registry>,
         backplane: Arc<NatsBackplane>,
+        services: Arc<Services>,
         max_event_bytes: usize,
     ) -> Arc<Accounts> {
         // A notice dropped when this is full loses nothing: the broken
@@ -120,6 +127,7 @@ impl Accounts {
             cluster,
             registry,
             backplane,
+            services,
             max_event_bytes,
             slots: Mutex::new(HashMap::new()),
             started: tokio::time::Instant::now(),
@@ -395,6 +403,10 @@ impl Accounts {
         let (events, ingest) = super::ingest::follow(&client)
             .await
             .map_err(|e| AccountError::Nats(format!("cannot follow org {org}'s publisher events: {e}")))?;
+        let asked = client
+            .subscribe(subjects::PRESENCE)
+            .await
+            .map_err(|e| nats_error("cannot answer presence requests", e))?;
         // A round trip, so the subscription is live on the server before
         // anyone is told the org is open (NATS.md, trap 7).
         let _ = tokio::time::timeout(NATS_TIMEOUT, client.request(subjects::PING, "".into())).await;
@@ -405,12 +417,32 @@ impl Accounts {
             self.backplane.clone(),
             self.max_event_bytes,
         ));
+        let presence = tokio::spawn(super::presence::answer(
+            org.clone(),
+            client.clone(),
+            asked,
+            Arc::clone(&self.services),
+        ));
         Ok(OrgConn {
             client,
             id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
             broken,
             reader,
+            presence,
         })
+    }
+
+    /// Who is subscribed to `channel` of `org` on any pod (connections per
+    /// subject), and how many pods answered.
+    pub async fn presence(
+        &self,
+        org: &OrgId,
+        channel: &ChannelName,
+    ) -> Result<(std::collections::BTreeMap<String, usize>, usize), AccountError> {
+        let client = self.open(org).await?;
+        super::presence::gather(&client, channel)
+            .await
+            .map_err(|e| nats_error("presence", e))
     }
 
     /// Changes the org's account (a revocation, retirement) in the registry
