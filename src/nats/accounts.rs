@@ -9,25 +9,27 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::backplane::NatsBackplane;
 use metrics::{counter, gauge, histogram};
 use nkeys::KeyPair;
 use parking_lot::Mutex;
 use switchboard_actors::Services;
 use switchboard_actors::telemetry;
-use switchboard_proto::subjects;
 use switchboard_proto::{ChannelName, OrgId};
 use tokio_util::sync::CancellationToken;
 
+use super::backplane::NatsBackplane;
 use super::cluster::Cluster;
 use super::jwt;
 use crate::auth::now_secs;
 use crate::registry::model::{AccountDoc, key};
 use crate::registry::store::{Change, Revision, StoreError};
 use crate::registry::{Registry, RegistryError, decode, encode};
+use conn::OrgConn;
+
+mod conn;
 
 /// How long a push to nats-server or a connection attempt may take.
 const NATS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,8 +41,6 @@ const MAX_REPUSHES: usize = 10;
 const ORG_RECONNECTS: usize = 30;
 /// Broken-connection notices waiting for the pool's supervisor.
 const TROUBLE_NOTICES: usize = 1024;
-/// The id of the next org connection this process opens.
-static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 /// A broken org connection that could not be opened again is retried after this.
 const REOPEN_PAUSE: Duration = Duration::from_secs(1);
 
@@ -62,28 +62,6 @@ impl From<StoreError> for AccountError {
 
 fn nats_error(what: &str, e: impl std::fmt::Display) -> AccountError {
     AccountError::Nats(format!("{what}: {e}"))
-}
-
-/// This pod's open connection into one org's account.
-struct OrgConn {
-    client: async_nats::Client,
-    /// Unique among this pod's connections: tells a replaced one apart.
-    id: u64,
-    /// Set when NATS refused the connection's user (its account lost or
-    /// stale) or the client gave up reconnecting: the pool opens it anew.
-    broken: Arc<AtomicBool>,
-    /// Reads the org's publisher events.
-    reader: tokio::task::JoinHandle<()>,
-    /// Answers other pods' presence requests.
-    presence: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for OrgConn {
-    fn drop(&mut self) {
-        self.reader.abort();
-        self.presence.abort();
-        gauge!(telemetry::NATS_ORG_CONNECTIONS).decrement(1.0);
-    }
 }
 
 #[derive(Default)]
@@ -334,102 +312,6 @@ impl Accounts {
             .map_err(RegistryError::from)?;
         let seed = String::from_utf8(seed).map_err(|e| nats_error("the signing seed", e))?;
         KeyPair::from_seed(&seed).map_err(|e| nats_error("the signing seed", e))
-    }
-
-    /// Connects as a fresh server user of the org's account and starts
-    /// reading its publisher subjects.
-    /// Connect options for a new server user of `org`'s account (the
-    /// account made if it has none): for tools and tests that need a
-    /// connection of their own beside the pool's.
-    pub async fn server_user(&self, org: &OrgId) -> Result<async_nats::ConnectOptions, AccountError> {
-        self.open(org).await?;
-        let (doc, _, _) = self.record(org).await?;
-        self.user_options(org, &doc)
-    }
-
-    fn user_options(
-        &self,
-        org: &OrgId,
-        doc: &AccountDoc,
-    ) -> Result<async_nats::ConnectOptions, AccountError> {
-        let signing = self.signing_key(doc)?;
-        let user = Arc::new(KeyPair::new_user());
-        let user_jwt = jwt::user(
-            &signing,
-            Some(&doc.account),
-            &user.public_key(),
-            "switchboard",
-            jwt::Permissions::default(),
-        )
-        .map_err(|e| nats_error("cannot sign the server user", e))?;
-        Ok(async_nats::ConnectOptions::with_jwt(user_jwt, move |nonce| {
-            let user = user.clone();
-            async move { user.sign(&nonce).map_err(async_nats::AuthError::new) }
-        })
-        .name(format!("switchboard {org}"))
-        .connection_timeout(NATS_TIMEOUT))
-    }
-
-    async fn connect(&self, org: &OrgId, doc: &AccountDoc) -> Result<OrgConn, AccountError> {
-        let broken = Arc::new(AtomicBool::new(false));
-        let (flag, troubled, troubled_org) = (broken.clone(), self.troubled.clone(), org.clone());
-        let client = self
-            .user_options(org, doc)?
-            .max_reconnects(ORG_RECONNECTS)
-            .event_callback(move |event| {
-                let (flag, troubled, org) = (flag.clone(), troubled.clone(), troubled_org.clone());
-                async move {
-                    // A reconnect refused as unauthorized (the account lost or
-                    // stale) surfaces as a client error with that text.
-                    let refused = match &event {
-                        async_nats::Event::Closed
-                        | async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects)
-                        | async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
-                            true
-                        }
-                        async_nats::Event::ClientError(async_nats::ClientError::Other(text)) => {
-                            text.contains("authorization violation")
-                        }
-                        _ => false,
-                    };
-                    if refused && !flag.swap(true, Ordering::AcqRel) {
-                        let _ = troubled.try_send(org);
-                    }
-                }
-            })
-            .connect(&self.cluster.settings.url)
-            .await
-            .map_err(|e| nats_error(&format!("cannot connect to org {org}'s account"), e))?;
-        let (events, ingest) = super::ingest::follow(&client)
-            .await
-            .map_err(|e| AccountError::Nats(format!("cannot follow org {org}'s publisher events: {e}")))?;
-        let asked = client
-            .subscribe(subjects::PRESENCE)
-            .await
-            .map_err(|e| nats_error("cannot answer presence requests", e))?;
-        // A round trip, so the subscription is live on the server before
-        // anyone is told the org is open (NATS.md, trap 7).
-        let _ = tokio::time::timeout(NATS_TIMEOUT, client.request(subjects::PING, "".into())).await;
-        let reader = tokio::spawn(super::ingest::read_events(
-            org.clone(),
-            events,
-            ingest,
-            self.backplane.clone(),
-            self.max_event_bytes,
-        ));
-        let presence = tokio::spawn(super::presence::answer(
-            org.clone(),
-            client.clone(),
-            asked,
-            Arc::clone(&self.services),
-        ));
-        Ok(OrgConn {
-            client,
-            id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
-            broken,
-            reader,
-            presence,
-        })
     }
 
     /// Who is subscribed to `channel` of `org` on any pod (connections per
