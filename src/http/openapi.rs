@@ -104,6 +104,7 @@ mod tests {
             "/v1/orgs/{org}/publishers/{name}",
             "/v1/orgs/{org}/channels/{channel}/publish",
             "/v1/orgs/{org}/channels/{channel}/history",
+            "/v1/orgs/{org}/channels/{channel}/presence",
             "/health",
             "/ready",
             "/metrics",
@@ -114,6 +115,6 @@ mod tests {
         ] {
             assert!(paths.contains_key(path), "{path} is not documented");
         }
-        assert_eq!(paths.len(), 25, "a route was added without being listed here");
+        assert_eq!(paths.len(), 26, "a route was added without being listed here");
     }
 }
