@@ -137,6 +137,23 @@ pub struct HistoryRead {
     pub more: bool,
 }
 
+impl HistoryRead {
+    /// Puts `all` (retained messages and live turns' snapshots, any order)
+    /// in the read: in offset order, the newest `limit` for a tail, else
+    /// the first `limit` with `more` set if some were left out.
+    pub fn fill(&mut self, mut all: Vec<Offsetted>, from: Position, limit: usize) {
+        all.sort_by_key(|(offset, _)| *offset);
+        if from == Position::Tail {
+            let older = all.len().saturating_sub(limit);
+            all.drain(..older);
+        } else {
+            self.more = all.len() > limit;
+            all.truncate(limit);
+        }
+        self.messages = all;
+    }
+}
+
 /// Reads what a channel retained.
 pub trait History: Send + Sync + 'static {
     /// The channel's position and up to `limit` messages from `from`, read

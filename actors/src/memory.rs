@@ -182,15 +182,7 @@ impl Log {
                 all.push((turn.last_offset, turn.snapshot(id, channel)));
             }
         }
-        all.sort_by_key(|(offset, _)| *offset);
-        if from == Position::Tail {
-            let older = all.len().saturating_sub(limit);
-            all.drain(..older);
-        } else {
-            read.more = all.len() > limit;
-            all.truncate(limit);
-        }
-        read.messages = all;
+        read.fill(all, from, limit);
         read
     }
 

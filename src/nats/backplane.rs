@@ -377,15 +377,7 @@ impl NatsBackplane {
                 all.push((folded.last_offset, turns::snapshot(channel, turn, folded)));
             }
         }
-        all.sort_by_key(|(offset, _)| *offset);
-        if from == Position::Tail {
-            let older = all.len().saturating_sub(limit);
-            all.drain(..older);
-        } else {
-            read.more = all.len() > limit;
-            all.truncate(limit);
-        }
-        read.messages = all;
+        read.fill(all, from, limit);
         Ok(read)
     }
 }
