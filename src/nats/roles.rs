@@ -28,6 +28,9 @@ use super::accounts::Accounts;
 pub const BUCKET: &str = "roles";
 /// How long a pod waits for another to take a frame.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a session's inbox tries to listen again after its org
+/// connection was replaced.
+const RELISTEN_PAUSE: Duration = Duration::from_millis(200);
 
 /// A role's lease: the session holding it and the pod hosting that session.
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,6 +49,8 @@ struct Held {
 }
 
 pub struct ClusterRoles {
+    /// Itself, for the tasks that answer its sessions' requests.
+    me: Weak<ClusterRoles>,
     /// This process, as leases name it.
     pod: String,
     lease: Duration,
@@ -110,7 +115,8 @@ impl ClusterRoles {
             .get_key_value(BUCKET)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the roles bucket: {e}"))?;
-        Ok(Arc::new(ClusterRoles {
+        Ok(Arc::new_cyclic(|me| ClusterRoles {
+            me: me.clone(),
             pod: uuid::Uuid::new_v4().simple().to_string(),
             lease,
             kv,
@@ -182,27 +188,53 @@ impl ClusterRoles {
         Ok(())
     }
 
-    /// Answers `op.<sid>` in the org's account: frames other pods forward
-    /// to the session hosted here.
-    async fn inbox(&self, org: &OrgId, sid: &Sid) -> Result<tokio::task::AbortHandle, String> {
+    /// Subscribes `op.<sid>` in the org's account.
+    async fn listen(
+        &self,
+        org: &OrgId,
+        sid: &Sid,
+    ) -> Result<(async_nats::Client, async_nats::Subscriber), String> {
         let client = self.client(org).await?;
-        let mut requests = client
+        let requests = client
             .subscribe(subjects::session(sid))
             .await
             .map_err(|e| e.to_string())?;
         // A round trip, so a send right after the mint finds it (NATS.md, trap 7).
         let _ = tokio::time::timeout(FORWARD_TIMEOUT, client.flush()).await;
-        let services = self.services.get().cloned();
-        let sid = sid.clone();
+        Ok((client, requests))
+    }
+
+    /// Answers `op.<sid>` in the org's account: frames other pods forward
+    /// to the session hosted here. Listening when this returns; listens
+    /// again if the org's connection is replaced, until aborted.
+    async fn inbox(&self, org: &OrgId, sid: &Sid) -> Result<tokio::task::AbortHandle, String> {
+        let first = self.listen(org, sid).await?;
+        let me = self.me.clone();
+        let (org, sid) = (org.clone(), sid.clone());
         let task = tokio::spawn(async move {
-            while let Some(request) = requests.next().await {
-                let Some(reply) = request.reply else { continue };
-                let frame = PreparedFrame::from_wire(ws::text_frame(&request.payload));
-                let outcome = match services.as_ref().and_then(Weak::upgrade) {
-                    Some(services) => services.sessions.deliver(&sid, frame).await,
-                    None => Forwarded::Unavailable,
-                };
-                let _ = client.publish(reply, answer(outcome).into()).await;
+            let (mut client, mut requests) = first;
+            loop {
+                while let Some(request) = requests.next().await {
+                    let Some(reply) = request.reply else { continue };
+                    let frame = PreparedFrame::from_wire(ws::text_frame(&request.payload));
+                    let services = me
+                        .upgrade()
+                        .and_then(|roles| roles.services.get().and_then(Weak::upgrade));
+                    let outcome = match services {
+                        Some(services) => services.sessions.deliver(&sid, frame).await,
+                        None => Forwarded::Unavailable,
+                    };
+                    let _ = client.publish(reply, answer(outcome).into()).await;
+                }
+                // The connection is gone (replaced by the pool): listen on the new one.
+                loop {
+                    tokio::time::sleep(RELISTEN_PAUSE).await;
+                    let Some(roles) = me.upgrade() else { return };
+                    if let Ok(next) = roles.listen(&org, &sid).await {
+                        (client, requests) = next;
+                        break;
+                    }
+                }
             }
         });
         Ok(task.abort_handle())
@@ -283,11 +315,24 @@ impl RoleLeases for ClusterRoles {
             return;
         };
         held.inbox.abort();
-        let kv = self.kv.clone();
+        let (kv, sid) = (self.kv.clone(), sid.clone());
         tokio::spawn(async move {
             for (k, revision) in held.roles {
-                if let Err(e) = kv.delete_expect_revision(&k, Some(revision)).await {
-                    tracing::debug!(org = %held.org, key = %k, error = %e, "role lease not deleted; it lapses on its own");
+                if kv.delete_expect_revision(&k, Some(revision)).await.is_ok() {
+                    continue;
+                }
+                // A renewal may have moved the revision meanwhile: delete
+                // what is there if it is still this session's.
+                let current = kv.entry(k.clone()).await.ok().flatten();
+                let ours = current.as_ref().is_some_and(|e| {
+                    serde_json::from_slice::<Lease>(&e.value).is_ok_and(|lease| lease.sid == sid)
+                });
+                let deleted = match current {
+                    Some(e) if ours => kv.delete_expect_revision(&k, Some(e.revision)).await.is_ok(),
+                    _ => true,
+                };
+                if !deleted {
+                    tracing::debug!(org = %held.org, key = %k, "role lease not deleted; it lapses on its own");
                 }
             }
         });
