@@ -238,7 +238,12 @@ async fn a_nats_restart_mid_stream_loses_no_acknowledged_message() {
     let mut acked = Vec::new();
     let mut refused = 0;
     let mut k = 0u64;
+    let started = std::time::Instant::now();
     while acked.len() < 60 {
+        assert!(
+            started.elapsed() < PATIENCE * 6,
+            "publishing resumes once NATS is back"
+        );
         if acked.len() == 20 && refused == 0 {
             nats.kill();
         }
