@@ -72,10 +72,10 @@ async fn read_turn(stream: &OrgStream, key: &ChannelKey, turn: &TurnId) -> Resul
     turns::fold(&stored).ok_or_else(|| BackplaneError::NoSuchTurn(turn.clone()))
 }
 
+/// A publish the stream kept refusing on its expectation (the subject
+/// moved on again between the re-read and the retry).
 fn unavailable(what: &str) -> BackplaneError {
-    BackplaneError::Unavailable(format!(
-        "{what}: the stream refused an expectation it was not sent"
-    ))
+    BackplaneError::Unavailable(format!("{what}: refused twice, the subject moved on meanwhile"))
 }
 
 impl NatsBackplane {

@@ -199,8 +199,9 @@ impl ClusterRoles {
             .subscribe(subjects::session(sid))
             .await
             .map_err(|e| e.to_string())?;
-        // A round trip, so a send right after the mint finds it (NATS.md, trap 7).
-        let _ = tokio::time::timeout(FORWARD_TIMEOUT, client.flush()).await;
+        // A round trip, so a send right after the mint finds it (NATS.md,
+        // trap 7; `flush` only writes the client's buffer out).
+        let _ = tokio::time::timeout(FORWARD_TIMEOUT, client.request(subjects::PING, "".into())).await;
         Ok((client, requests))
     }
 
