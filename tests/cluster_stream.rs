@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::nats::*;
 use common::*;
-use switchboard::nats::backplane::{NatsBackplane, OpenOrg};
+use switchboard::nats::backplane::{NatsBackplane, OpenOrg, OrgLink};
 use switchboard::nats::live;
 use switchboard::nats::stream::{OrgStream, Stored};
 use switchboard_actors::{
@@ -106,7 +106,16 @@ async fn the_live_feed_delivers_once_in_order_and_repairs_a_gap() {
         .await
         .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Stored>();
-    let mut feed = live::Feed::start(&client, Arc::new(stream), &chat, Some(0))
+    let link = pod
+        .app
+        .accounts
+        .as_ref()
+        .unwrap()
+        .open_conn(&OrgId::new("acme").unwrap())
+        .await
+        .unwrap();
+    let _ = client;
+    let mut feed = live::Feed::start(&link, Arc::new(stream), &chat, Some(0))
         .await
         .unwrap();
     let (_, stream) = org_stream(&pod, "acme").await;
@@ -374,16 +383,20 @@ async fn a_turn_streams_to_both_pods_snapshots_anywhere_and_compacts_when_done()
     on_b.publish(&key, Event::TurnStart(&turn)).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_core_message_lost_in_a_reconnect_is_read_from_the_stream() {
+/// Runs a feed on a connection of its own that is cut and kept away for
+/// 600 ms while messages 2 and 3 are stored (lost to it on the wire), then
+/// comes back. With `told`, the feed hears of the reconnect (as a pod's
+/// feeds do); then `after` more messages are published. Returns the
+/// offsets published and those the feed delivered within a few seconds.
+async fn cut_feed(told: bool, after: u32) -> (Vec<u64>, Vec<u64>) {
     let nats = Nats::start().await;
     let pod = TestServer::start_cluster(&nats, |_| {}).await;
     let org = OrgId::new("acme").unwrap();
     let (_, stream) = org_stream(&pod, "acme").await;
     let stream = Arc::new(stream);
-    // The feed's own connection, slow to come back once cut: what is
-    // republished meanwhile never reaches it.
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (connects, reconnects) = tokio::sync::watch::channel(0u64);
+    let connects = Arc::new(connects);
     let away = Duration::from_millis(600);
     let client = pod
         .app
@@ -395,16 +408,24 @@ async fn a_core_message_lost_in_a_reconnect_is_read_from_the_stream() {
         .unwrap()
         .reconnect_delay_callback(move |_| away)
         .event_callback(move |e| {
-            let tx = events_tx.clone();
+            let (tx, connects) = (events_tx.clone(), connects.clone());
             async move {
+                if told && matches!(e, async_nats::Event::Connected) {
+                    connects.send_modify(|n| *n += 1);
+                }
                 let _ = tx.send(e);
             }
         })
         .connect(&nats.url)
         .await
         .unwrap();
+    let link = OrgLink {
+        client: client.clone(),
+        id: 0,
+        reconnects,
+    };
     let chat = ch("chat.gap");
-    let mut feed = live::Feed::start(&client, stream.clone(), &chat, None)
+    let mut feed = live::Feed::start(&link, stream.clone(), &chat, None)
         .await
         .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
@@ -431,38 +452,49 @@ async fn a_core_message_lost_in_a_reconnect_is_read_from_the_stream() {
         Some(published[0])
     );
     client.force_reconnect().await.unwrap();
-    loop {
+    let mut wait_for = async |what: fn(&async_nats::Event) -> bool| loop {
         let e = tokio::time::timeout(PATIENCE, events.recv())
             .await
             .unwrap()
             .unwrap();
-        if matches!(e, async_nats::Event::Disconnected) {
+        if what(&e) {
             break;
         }
-    }
-    // Stored while the feed's connection is away: lost to it on the wire.
+    };
+    wait_for(|e| matches!(e, async_nats::Event::Disconnected)).await;
     published.push(publish(2).await);
     published.push(publish(3).await);
-    loop {
-        let e = tokio::time::timeout(PATIENCE, events.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if matches!(e, async_nats::Event::Connected) {
-            break;
-        }
-    }
+    wait_for(|e| matches!(e, async_nats::Event::Connected)).await;
     // The subscription is back once a round trip went through (`flush`
     // only writes out the client's buffer: NATS.md, trap 7).
     let _ = client.request(switchboard_proto::subjects::PING, "".into()).await;
-    published.push(publish(4).await);
-    let mut seen = vec![published[0]];
-    while seen.len() < published.len() {
-        seen.push(tokio::time::timeout(PATIENCE, rx.recv()).await.unwrap().unwrap());
+    for n in 0..after {
+        published.push(publish(4 + n).await);
     }
+    let mut seen = Vec::new();
+    while let Ok(Some(offset)) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
+        seen.push(offset);
+        if seen.len() + 1 == published.len() {
+            break;
+        }
+    }
+    task.abort();
+    seen.insert(0, published[0]);
+    (published, seen)
+}
+
+#[tokio::test]
+async fn a_core_message_lost_in_a_reconnect_is_read_from_the_stream() {
+    // Not told of the reconnect: message 4 shows the gap.
+    let (published, seen) = cut_feed(false, 1).await;
     assert_eq!(
         seen, published,
         "2 and 3 were read from the stream, in order, before 4"
     );
-    task.abort();
+}
+
+#[tokio::test]
+async fn after_a_reconnect_a_feed_reads_what_it_missed_with_no_later_message() {
+    let (published, seen) = cut_feed(true, 0).await;
+    assert_eq!(seen, published, "2 and 3, though nothing came after them");
 }

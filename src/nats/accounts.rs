@@ -21,6 +21,7 @@ use switchboard_proto::{ChannelName, OrgId};
 use tokio_util::sync::CancellationToken;
 
 use super::backplane::NatsBackplane;
+use super::backplane::OrgLink;
 use super::cluster::Cluster;
 use super::jwt;
 use crate::auth::now_secs;
@@ -133,18 +134,18 @@ impl Accounts {
     /// This pod's connection into `org`'s account, made (account included)
     /// on first use.
     pub async fn open(&self, org: &OrgId) -> Result<async_nats::Client, AccountError> {
-        self.open_conn(org).await.map(|(client, _)| client)
+        self.open_conn(org).await.map(|link| link.client)
     }
 
     /// As [`Accounts::open`], with the connection's id: another id means
     /// the connection was replaced (what was made over the old one is gone).
-    pub async fn open_conn(&self, org: &OrgId) -> Result<(async_nats::Client, u64), AccountError> {
+    pub async fn open_conn(&self, org: &OrgId) -> Result<OrgLink, AccountError> {
         let slot = self.slots.lock().entry(org.clone()).or_default().clone();
         slot.last_used.store(self.now_ms(), Ordering::Relaxed);
         let mut conn = slot.conn.lock().await;
         if let Some(c) = conn.as_ref() {
             if !c.broken.load(Ordering::Acquire) {
-                return Ok((c.client.clone(), c.id));
+                return Ok(c.link());
             }
             *conn = None;
         }
@@ -166,7 +167,7 @@ impl Accounts {
             }
             Err(e) => return Err(e),
         };
-        let opened_now = (opened.client.clone(), opened.id);
+        let opened_now = opened.link();
         gauge!(telemetry::NATS_ORG_CONNECTIONS).increment(1.0);
         histogram!(telemetry::NATS_ORG_OPEN_SECONDS).record(started.elapsed().as_secs_f64());
         *conn = Some(opened);

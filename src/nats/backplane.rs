@@ -31,11 +31,20 @@ use super::turns::{self, CHECKPOINT_EVERY, Finished, Folded};
 /// and slack for a checkpoint that failed.
 const TURN_READ: usize = 4 * CHECKPOINT_EVERY;
 
+/// This pod's connection into an org's account, as the backplane uses it.
+#[derive(Clone)]
+pub struct OrgLink {
+    pub client: async_nats::Client,
+    /// Changes when the connection was replaced (what was made over the
+    /// old one is gone).
+    pub id: u64,
+    /// Bumped on every (re)connect of this connection.
+    pub reconnects: tokio::sync::watch::Receiver<u64>,
+}
+
 /// Opens this pod's connection into an org's account (the account pool's
-/// [`super::accounts::Accounts::open_conn`] in a server): the client, and
-/// a number that changes when the connection was replaced.
-pub type OpenOrg =
-    Arc<dyn Fn(OrgId) -> BoxFuture<'static, Result<(async_nats::Client, u64), BackplaneError>> + Send + Sync>;
+/// [`super::accounts::Accounts::open_conn`] in a server).
+pub type OpenOrg = Arc<dyn Fn(OrgId) -> BoxFuture<'static, Result<OrgLink, BackplaneError>> + Send + Sync>;
 
 /// The longest a channel's feed waits before it follows again after its
 /// connection broke.
@@ -242,8 +251,9 @@ impl NatsBackplane {
         })
     }
 
-    async fn stream(&self, org: &OrgId) -> Result<(async_nats::Client, Arc<OrgStream>), BackplaneError> {
-        let (client, conn) = (self.open_org)(org.clone()).await?;
+    async fn stream(&self, org: &OrgId) -> Result<(OrgLink, Arc<OrgStream>), BackplaneError> {
+        let link = (self.open_org)(org.clone()).await?;
+        let (client, conn) = (link.client.clone(), link.id);
         let cell = {
             let mut streams = self.streams.lock();
             let opened = streams.entry(org.clone()).or_insert_with(|| Opened {
@@ -264,7 +274,7 @@ impl NatsBackplane {
             .get_or_try_init(|| async { OrgStream::open(client.clone(), self.limits).await.map(Arc::new) })
             .await?
             .clone();
-        Ok((client, stream))
+        Ok((link, stream))
     }
 
     /// Lets go of `org`'s stream handle (its connection was closed as idle);
@@ -297,8 +307,8 @@ impl NatsBackplane {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(FEED_RETRY_MAX);
                 let started = async {
-                    let (client, stream) = self.stream(&key.org).await?;
-                    Feed::start(&client, stream, &key.channel, Some(after)).await
+                    let (link, stream) = self.stream(&key.org).await?;
+                    Feed::start(&link, stream, &key.channel, Some(after)).await
                 };
                 match started.await {
                     Ok(feed) => break feed,
@@ -397,8 +407,8 @@ impl Backplane for NatsBackplane {
                 .me
                 .upgrade()
                 .ok_or_else(|| BackplaneError::Unavailable("the backplane is shutting down".into()))?;
-            let (client, stream) = self.stream(&key.org).await?;
-            let feed = Feed::start(&client, stream, &key.channel, None).await?;
+            let (link, stream) = self.stream(&key.org).await?;
+            let feed = Feed::start(&link, stream, &key.channel, None).await?;
             let task = tokio::spawn(me.follow(key.clone(), feed));
             if let Some(old) = self.feeds.lock().insert(key.clone(), task.abort_handle()) {
                 old.abort();

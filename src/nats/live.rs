@@ -5,7 +5,9 @@
 //! (`Nats-Last-Sequence`) is not the last one delivered there means
 //! something was missed (a core message lost in a reconnect, a trim, an
 //! age-out: NATS.md treats every mismatch as a gap), and the missing range
-//! is read from the stream before it goes on.
+//! is read from the stream before it goes on. After its connection
+//! reconnects, it also reads what was stored meanwhile, so the last message
+//! of a burst lost on the wire does not wait for a next one to show its gap.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use switchboard_actors::BackplaneError;
 use switchboard_proto::subjects::{self, Part};
 use switchboard_proto::{ChannelName, TurnId};
 
+use super::backplane::OrgLink;
 use super::stream::{OrgStream, Stored};
 
 /// The longest a feed's start waits for its subscription to be confirmed.
@@ -81,7 +84,10 @@ pub fn sequences(headers: Option<&HeaderMap>) -> Option<(u64, u64)> {
 
 /// One channel's live feed on this pod.
 pub struct Feed {
+    client: async_nats::Client,
     live: async_nats::Subscriber,
+    /// Bumped when the connection (re)connects; `None` once it is gone.
+    reconnects: Option<tokio::sync::watch::Receiver<u64>>,
     stream: Arc<OrgStream>,
     channel: ChannelName,
     floor: u64,
@@ -101,11 +107,14 @@ impl Feed {
     /// or by default after the stream's newest offset, read after
     /// subscribing, so nothing falls between the two.
     pub async fn start(
-        client: &async_nats::Client,
+        link: &OrgLink,
         stream: Arc<OrgStream>,
         channel: &ChannelName,
         after: Option<u64>,
     ) -> Result<Feed, BackplaneError> {
+        let client = &link.client;
+        let mut reconnects = link.reconnects.clone();
+        reconnects.borrow_and_update();
         let live = client
             .subscribe(subjects::live(channel))
             .await
@@ -122,7 +131,9 @@ impl Feed {
             _ => Vec::new(),
         };
         Ok(Feed {
+            client: client.clone(),
             live,
+            reconnects: Some(reconnects),
             stream,
             channel: channel.clone(),
             floor,
@@ -149,7 +160,27 @@ impl Feed {
                 deliver(&part, m);
             }
         }
-        while let Some(message) = self.live.next().await {
+        loop {
+            let reconnected = async {
+                match &mut self.reconnects {
+                    Some(r) => r.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let message = tokio::select! {
+                message = self.live.next() => message,
+                again = reconnected => {
+                    if again {
+                        self.catch_up(&mut deliver).await?;
+                    } else {
+                        self.reconnects = None;
+                    }
+                    continue;
+                }
+            };
+            let Some(message) = message else {
+                return Ok(());
+            };
             let (Some((offset, previous)), Some(part), Some(subject)) = (
                 sequences(message.headers.as_ref()),
                 subjects::part(&message.subject, &self.channel),
@@ -191,6 +222,40 @@ impl Feed {
             if let Some(turn) = ended {
                 self.seqs.remove(&subjects::turn(&self.channel, &turn));
             }
+        }
+    }
+
+    /// Delivers what was stored after the last delivered offset (what a
+    /// reconnect may have lost on the wire), once the subscription is live
+    /// again.
+    async fn catch_up(
+        &mut self,
+        deliver: &mut impl FnMut(&Part, Stored) -> Option<TurnId>,
+    ) -> Result<(), BackplaneError> {
+        // A round trip: the resubscription is live on the server after it.
+        let _ = tokio::time::timeout(ROUND_TRIP, self.client.request(subjects::PING, "".into())).await;
+        let through = self.stream.state(&self.channel).await?.last;
+        let missed = self
+            .stream
+            .read_subjects(
+                &subjects::stored_all(&self.channel),
+                self.delivered,
+                through,
+                usize::MAX,
+            )
+            .await?;
+        for (subject, m) in missed {
+            let Some(part) = subjects::part(&subject, &self.channel) else {
+                continue;
+            };
+            let floor = self.floor;
+            let seq = self.seqs.entry(subject).or_insert_with(|| Sequencer::new(floor));
+            if m.offset <= seq.last() {
+                continue;
+            }
+            seq.delivered(m.offset);
+            self.delivered = self.delivered.max(m.offset);
+            deliver(&part, m);
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use switchboard_actors::telemetry;
 use switchboard_proto::{OrgId, subjects};
 
 use super::{AccountError, Accounts, NATS_TIMEOUT, ORG_RECONNECTS, jwt, nats_error};
+use crate::nats::backplane::OrgLink;
 use crate::registry::model::AccountDoc;
 
 /// The id of the next org connection this process opens.
@@ -25,10 +26,22 @@ pub(super) struct OrgConn {
     /// Set when NATS refused the connection's user (its account lost or
     /// stale) or the client gave up reconnecting: the pool opens it anew.
     pub(super) broken: Arc<AtomicBool>,
+    /// Counts the connection's (re)connects.
+    pub(super) reconnects: tokio::sync::watch::Receiver<u64>,
     /// Reads the org's publisher events.
     reader: tokio::task::JoinHandle<()>,
     /// Answers other pods' presence requests.
     presence: tokio::task::JoinHandle<()>,
+}
+
+impl OrgConn {
+    pub(super) fn link(&self) -> OrgLink {
+        OrgLink {
+            client: self.client.clone(),
+            id: self.id,
+            reconnects: self.reconnects.clone(),
+        }
+    }
 }
 
 impl Drop for OrgConn {
@@ -77,12 +90,19 @@ impl Accounts {
     pub(super) async fn connect(&self, org: &OrgId, doc: &AccountDoc) -> Result<OrgConn, AccountError> {
         let broken = Arc::new(AtomicBool::new(false));
         let (flag, troubled, troubled_org) = (broken.clone(), self.troubled.clone(), org.clone());
+        // Bumped on every (re)connect: feeds read what a reconnect lost.
+        let (connects, reconnects) = tokio::sync::watch::channel(0u64);
+        let connects = Arc::new(connects);
         let client = self
             .user_options(org, doc)?
             .max_reconnects(ORG_RECONNECTS)
             .event_callback(move |event| {
                 let (flag, troubled, org) = (flag.clone(), troubled.clone(), troubled_org.clone());
+                let connects = connects.clone();
                 async move {
+                    if matches!(event, async_nats::Event::Connected) {
+                        connects.send_modify(|n| *n += 1);
+                    }
                     // A reconnect refused as unauthorized (the account lost or
                     // stale) surfaces as a client error with that text.
                     let refused = match &event {
@@ -131,6 +151,7 @@ impl Accounts {
             client,
             id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
             broken,
+            reconnects,
             reader,
             presence,
         })
