@@ -427,3 +427,40 @@ async fn an_idle_org_gives_its_nats_connection_back_and_serves_again_on_next_use
     pod.publish("acme", CHANNEL, json!(2)).await;
     assert_eq!(client.message().await.1, json!(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollup_window_sends_a_fast_turn_through_the_stream_in_few_publishes() {
+    let nats = Nats::start().await;
+    let pods = pods(&nats, 2).await;
+    let session = mint_ok(&pods[0], "acme", &["main-ai"]).await;
+    let mut op = Client::operator(&pods[0], &session).await;
+    let mut watcher = Client::connect_all(&pods[1], "acme").await;
+    watcher.subscribe(1, "turns.fast").await;
+    op.send(json!({"type": "turn_start", "id": 1, "turn": "t1", "channel": "turns.fast", "rollup_ms": 200}))
+        .await;
+    op.ack(1).await;
+    let mut said = String::new();
+    for i in 0..200 {
+        let word = format!("w{i} ");
+        op.send(json!({"type": "token", "turn": "t1", "text": word}))
+            .await;
+        said.push_str(&word);
+    }
+    op.send(json!({"type": "turn_end", "id": 2, "turn": "t1"})).await;
+    op.ack(2).await;
+    // Every frame on the other pod came through the stream: one JetStream
+    // publish each.
+    let (mut text, mut frames) = (String::new(), 0);
+    loop {
+        let frame = watcher.channel_event().await;
+        if matches!(frame, ServerFrame::Token { .. }) {
+            frames += 1;
+        }
+        apply_turn(&mut text, &frame, "t1");
+        if matches!(frame, ServerFrame::TurnEnd { .. }) {
+            break;
+        }
+    }
+    assert_eq!(text, said);
+    assert!(frames < 20, "200 tokens in {frames} token frames");
+}
