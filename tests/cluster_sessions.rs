@@ -171,3 +171,71 @@ async fn presence_counts_subscribers_on_every_pod() {
         json!([{"sub": "alice", "connections": 2}, {"sub": "bob", "connections": 1}])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_that_reconnects_to_another_pod_takes_its_session_and_role_along() {
+    let nats = Nats::start().await;
+    let pods = cluster(&nats, 3, |_| {}).await;
+    let session = mint_ok(&pods[0], "acme", &["main-ai"]).await;
+    drop(Client::operator(&pods[0], &session).await);
+    // Back, through another pod (a load balancer's choice).
+    let mut op = Client::operator(&pods[1], &session).await;
+    let mut client = Client::connect_all(&pods[2], "acme").await;
+    client
+        .send(json!({"type": "send", "id": 1, "to": "role:main-ai", "data": {"q": "moved?"}}))
+        .await;
+    client.ack(1).await;
+    receives(&mut op, json!({"q": "moved?"})).await;
+    // The first pod let it go; the role is still held, once.
+    eventually("the first pod lets the session go", async || {
+        session_call(&pods[0], reqwest::Method::GET, &session.sid, Some(&session.token))
+            .await
+            .0
+            == 404
+    })
+    .await;
+    assert_eq!(mint(&pods[0], "acme", &["main-ai"]).await.0, 409);
+    // A wrong token moves nothing.
+    let forged = Session {
+        sid: session.sid.clone(),
+        token: "sbo.wrong".into(),
+    };
+    let refused = tokio_tungstenite::connect_async(operator_request(&pods[2], &forged)).await;
+    assert!(refused.is_err(), "a wrong token is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_whose_pod_was_killed_resumes_its_session_on_another() {
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, keys) = test_config(|_| {});
+    config.nats.url = Some(nats.url.clone());
+    config.nats.dir = Some(nats.dir.clone());
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let mut doomed = common::process::serve(dir.path(), &["--config", path.to_str().unwrap()]);
+    let acme_key = &keys[ORGS.iter().position(|o| *o == "acme").unwrap()];
+    let minted: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/v1/operators", doomed.addr))
+        .bearer_auth(acme_key)
+        .json(&json!({"roles": ["main-ai"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = Session {
+        sid: minted["sid"].as_str().unwrap().into(),
+        token: minted["token"].as_str().unwrap().into(),
+    };
+    let survivor = cluster(&nats, 1, |_| {}).await.remove(0);
+    doomed.child.kill().unwrap();
+    let mut op = Client::operator(&survivor, &session).await;
+    let mut client = Client::connect_all(&survivor, "acme").await;
+    client
+        .send(json!({"type": "send", "id": 1, "to": "role:main-ai", "data": "still here?"}))
+        .await;
+    client.ack(1).await;
+    receives(&mut op, json!("still here?")).await;
+}

@@ -6,6 +6,7 @@
 use switchboard_proto::{OrgId, PreparedFrame, RoleName, Sid, Target};
 
 use crate::backplane::BoxFuture;
+use crate::session_store::SessionRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -31,15 +32,18 @@ pub enum Forwarded {
 }
 
 pub trait RoleLeases: Send + Sync + 'static {
-    /// Claims `roles` for the new session `sid` on every pod, and makes the
-    /// session reachable from other pods. Either every role is claimed or
-    /// none is.
-    fn claim<'a>(
-        &'a self,
-        org: &'a OrgId,
-        sid: &'a Sid,
-        roles: &'a [RoleName],
-    ) -> BoxFuture<'a, Result<(), LeaseError>>;
+    /// Claims the roles of the new session `record` on every pod, and makes
+    /// the session reachable (and adoptable) from other pods. Either every
+    /// role is claimed or none is.
+    fn claim<'a>(&'a self, record: &'a SessionRecord) -> BoxFuture<'a, Result<(), LeaseError>>;
+
+    /// Moves the session `record` (hosted by another pod, or by a pod that
+    /// died) here: its roles' leases follow it, and the pod that hosted it
+    /// lets it go.
+    fn adopt<'a>(&'a self, record: &'a SessionRecord) -> BoxFuture<'a, Result<(), LeaseError>>;
+
+    /// The record of a session hosted by any pod.
+    fn lookup<'a>(&'a self, sid: &'a Sid) -> BoxFuture<'a, Option<SessionRecord>>;
 
     /// Gives back what [`RoleLeases::claim`] took for `sid` (its session ended).
     fn release(&self, org: &OrgId, sid: &Sid);
@@ -57,13 +61,16 @@ pub trait RoleLeases: Send + Sync + 'static {
 pub struct LocalOnly;
 
 impl RoleLeases for LocalOnly {
-    fn claim<'a>(
-        &'a self,
-        _: &'a OrgId,
-        _: &'a Sid,
-        _: &'a [RoleName],
-    ) -> BoxFuture<'a, Result<(), LeaseError>> {
+    fn claim<'a>(&'a self, _: &'a SessionRecord) -> BoxFuture<'a, Result<(), LeaseError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn adopt<'a>(&'a self, _: &'a SessionRecord) -> BoxFuture<'a, Result<(), LeaseError>> {
+        Box::pin(async { Err(LeaseError::Unavailable("one pod: nothing to adopt from".into())) })
+    }
+
+    fn lookup<'a>(&'a self, _: &'a Sid) -> BoxFuture<'a, Option<SessionRecord>> {
+        Box::pin(async { None })
     }
 
     fn release(&self, _: &OrgId, _: &Sid) {}

@@ -15,6 +15,13 @@ use crate::session::{SessionInfo, SessionMsg};
 use crate::session_store::{SessionRecord, SessionStore};
 use crate::sink::Sink;
 
+fn lease_error(e: LeaseError) -> MintError {
+    match e {
+        LeaseError::Held(roles) => MintError::Conflict(roles),
+        LeaseError::Unavailable(detail) => MintError::Leases(detail),
+    }
+}
+
 /// Socket ids, unique on this pod (client and operator sockets alike).
 #[derive(Default)]
 pub struct ConnIds(AtomicU64);
@@ -76,14 +83,29 @@ impl Sessions {
     /// every pod (then within the org on this one), and it holds the org
     /// until it ends.
     pub async fn mint(&self, record: SessionRecord) -> Result<(), MintError> {
+        self.leases.claim(&record).await.map_err(lease_error)?;
+        self.start(record).await
+    }
+
+    /// Hosts here a session another pod minted (its operator reconnected to
+    /// this pod): its roles follow it, the other pod lets it go.
+    pub async fn adopt(&self, record: SessionRecord) -> Result<(), MintError> {
+        self.leases.adopt(&record).await.map_err(lease_error)?;
+        self.start(record).await
+    }
+
+    /// The record of a session hosted by any pod (this one first).
+    pub async fn lookup(&self, sid: &Sid) -> Option<SessionRecord> {
+        match self.store.get(sid) {
+            Some(record) => Some(record),
+            None => self.leases.lookup(sid).await,
+        }
+    }
+
+    /// Starts a session whose roles are claimed; gives them back if it
+    /// cannot start.
+    async fn start(&self, record: SessionRecord) -> Result<(), MintError> {
         let (org, sid) = (record.org.clone(), record.sid.clone());
-        self.leases
-            .claim(&org, &sid, &record.roles)
-            .await
-            .map_err(|e| match e {
-                LeaseError::Held(roles) => MintError::Conflict(roles),
-                LeaseError::Unavailable(detail) => MintError::Leases(detail),
-            })?;
         let checked_out = ractor::call!(self.orgs, OrgsMsg::Checkout, org.clone())
             .map_err(|_| MintError::Org(OrgError::Unavailable))
             .and_then(|r| r.map_err(MintError::Org));

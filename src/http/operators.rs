@@ -145,6 +145,36 @@ fn authorize(app: &App, sid: &str, headers: &HeaderMap) -> Result<Sid, ApiError>
     Ok(sid)
 }
 
+/// Hosts here the session `sid` another pod minted, if its bearer token is
+/// right: its operator reconnected to this pod. `None` if no pod knows it.
+async fn adopt(app: &App, sid: &str, headers: &HeaderMap) -> Result<Option<Sid>, ApiError> {
+    let Ok(sid) = Sid::new(sid) else {
+        return Ok(None);
+    };
+    let Some(record) = app.services.sessions.lookup(&sid).await else {
+        return Ok(None);
+    };
+    let presented = bearer(headers).filter(|t| !t.is_empty()).unwrap_or_default();
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    if !bool::from(digest.ct_eq(&record.token_sha256)) {
+        return Err(ApiError::of(
+            ErrorCode::Unauthorized,
+            "missing or invalid credentials",
+        ));
+    }
+    match app.services.sessions.adopt(record).await {
+        Ok(()) => Ok(Some(sid)),
+        Err(e @ MintError::Conflict(_)) => Err(ApiError::of(ErrorCode::Conflict, e.to_string())),
+        Err(e) => {
+            tracing::warn!(sid = %sid, error = %e, "cannot adopt an operator session");
+            Err(ApiError::of(
+                ErrorCode::Unavailable,
+                "the session cannot move here right now; retry",
+            ))
+        }
+    }
+}
+
 #[utoipa::path(get, path = "/v1/operators/{sid}", tag = "operators", security(("bearer" = [])),
     params(("sid" = String, Path)),
     responses((status = 200, description = "the session", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody)))]
@@ -186,7 +216,11 @@ pub async fn connect(
     Path(sid): Path<String>,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let sid = authorize(&app, &sid, req.headers())?;
+    let sid = match authorize(&app, &sid, req.headers()) {
+        Ok(sid) => sid,
+        // Cluster mode: a session another pod hosts (or hosted) moves here.
+        Err(e) => adopt(&app, &sid, req.headers()).await?.ok_or(e)?,
+    };
     let key = check_upgrade(&req)?;
     switch(
         &app,

@@ -18,14 +18,21 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchboard_actors::backplane::BoxFuture;
-use switchboard_actors::{Forwarded, LeaseError, RoleLeases, Services};
-use switchboard_proto::{OrgId, PreparedFrame, RoleName, Sid, Target, subjects, ws};
+use switchboard_actors::{Forwarded, LeaseError, RoleLeases, RollupRule, Services, SessionRecord};
+use switchboard_proto::{ChannelPattern, OrgId, PreparedFrame, RoleName, Sid, Target, subjects, ws};
 use tokio_util::sync::CancellationToken;
 
 use super::accounts::Accounts;
 
 /// The roles bucket in the broker account.
 pub const BUCKET: &str = "roles";
+/// The session records bucket in the broker account.
+pub const RECORDS: &str = "sessions";
+/// How long a session record outlives its pod's last renewal: about the
+/// time an operator has to come back (operators.session_expiry_secs).
+const RECORD_TTL: Duration = Duration::from_secs(120);
+/// Asks the pod hosting a session to let it go (another pod adopts it).
+const MOVE: &str = "Sb-Move";
 /// How long a pod waits for another to take a frame.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a session's inbox tries to listen again after its org
@@ -44,6 +51,8 @@ struct Held {
     org: OrgId,
     /// Each role's key and the revision this pod last wrote.
     roles: Vec<(String, u64)>,
+    /// The session's record as stored, and its revision.
+    record: (bytes::Bytes, u64),
     /// Answers requests for the session from other pods.
     inbox: tokio::task::AbortHandle,
 }
@@ -55,6 +64,8 @@ pub struct ClusterRoles {
     pod: String,
     lease: Duration,
     kv: kv::Store,
+    /// Session records by sid, so another pod can adopt a session.
+    records: kv::Store,
     pool: Arc<OnceLock<Arc<Accounts>>>,
     services: OnceLock<Weak<Services>>,
     held: Mutex<HashMap<Sid, Held>>,
@@ -87,6 +98,82 @@ fn outcome(answer: &[u8]) -> Forwarded {
     }
 }
 
+/// A key-value bucket whose keys lapse `max_age` after their last write.
+async fn bucket(js: &jetstream::Context, name: &str, max_age: Duration) -> anyhow::Result<kv::Store> {
+    // Made directly: async-nats 0.51 cannot parse 2.9's answer to
+    // `create_key_value` (as for the registry's bucket).
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot make the {name} bucket: {e}"))?;
+    js.get_key_value(name)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the {name} bucket: {e}"))
+}
+
+/// A session record as the records bucket keeps it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    pod: String,
+    org: OrgId,
+    token_sha256: String,
+    roles: Vec<RoleName>,
+    rollup: Vec<(String, u64)>,
+    minted_by: Option<String>,
+}
+
+impl Stored {
+    fn of(record: &SessionRecord, pod: &str) -> Stored {
+        Stored {
+            pod: pod.to_owned(),
+            org: record.org.clone(),
+            token_sha256: data_encoding::HEXLOWER.encode(&record.token_sha256),
+            roles: record.roles.clone(),
+            rollup: record
+                .rollup
+                .iter()
+                .map(|r| (r.channels.to_string(), r.window.as_millis() as u64))
+                .collect(),
+            minted_by: record.minted_by.clone(),
+        }
+    }
+
+    fn record(self, sid: &Sid) -> Option<SessionRecord> {
+        let digest = data_encoding::HEXLOWER
+            .decode(self.token_sha256.as_bytes())
+            .ok()?;
+        let rollup: Vec<RollupRule> = self
+            .rollup
+            .into_iter()
+            .map(|(channels, ms)| {
+                Some(RollupRule {
+                    channels: ChannelPattern::new(&channels).ok()?,
+                    window: Duration::from_millis(ms),
+                })
+            })
+            .collect::<Option<_>>()?;
+        Some(SessionRecord {
+            sid: sid.clone(),
+            org: self.org,
+            token_sha256: digest.try_into().ok()?,
+            roles: self.roles,
+            rollup: rollup.into(),
+            turns: Vec::new(),
+            minted_by: self.minted_by,
+        })
+    }
+}
+
 impl ClusterRoles {
     /// Opens the roles bucket (made if missing) over the broker's connection.
     pub async fn open(
@@ -95,28 +182,11 @@ impl ClusterRoles {
         pool: Arc<OnceLock<Arc<Accounts>>>,
     ) -> anyhow::Result<Arc<ClusterRoles>> {
         let js = jetstream::new(broker);
-        // Made directly: async-nats 0.51 cannot parse 2.9's answer to
-        // `create_key_value` (as for the registry's bucket).
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{BUCKET}"),
-            subjects: vec![format!("$KV.{BUCKET}.>")],
-            max_messages_per_subject: 1,
-            max_age: lease,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            storage: stream::StorageType::File,
-            num_replicas: 1,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot make the roles bucket: {e}"))?;
-        let kv = js
-            .get_key_value(BUCKET)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot open the roles bucket: {e}"))?;
+        let kv = bucket(&js, BUCKET, lease).await?;
+        let records = bucket(&js, RECORDS, RECORD_TTL.max(lease)).await?;
         Ok(Arc::new_cyclic(|me| ClusterRoles {
             me: me.clone(),
+            records,
             pod: uuid::Uuid::new_v4().simple().to_string(),
             lease,
             kv,
@@ -145,7 +215,8 @@ impl ClusterRoles {
         accounts.open(org).await.map_err(|e| e.to_string())
     }
 
-    async fn claim_now(&self, org: &OrgId, sid: &Sid, roles: &[RoleName]) -> Result<(), LeaseError> {
+    async fn claim_now(&self, record: &SessionRecord) -> Result<(), LeaseError> {
+        let (org, sid, roles) = (&record.org, &record.sid, &record.roles);
         let mut claimed = Vec::new();
         let mut taken = Vec::new();
         let mut failed = None;
@@ -160,32 +231,111 @@ impl ClusterRoles {
                 }
             }
         }
-        let inbox = match (&failed, taken.is_empty()) {
-            (None, true) => match self.inbox(org, sid).await {
-                Ok(inbox) => Some(inbox),
+        let hosted = match (&failed, taken.is_empty()) {
+            (None, true) => match self.host(record).await {
+                Ok(hosted) => Some(hosted),
                 Err(e) => {
-                    failed = Some(LeaseError::Unavailable(e));
+                    failed = Some(e);
                     None
                 }
             },
             _ => None,
         };
-        let Some(inbox) = inbox else {
+        let Some((stored, inbox)) = hosted else {
             // All or nothing: what this claim took goes back.
             for (k, revision) in claimed {
                 let _ = self.kv.delete_expect_revision(&k, Some(revision)).await;
             }
             return Err(failed.unwrap_or(LeaseError::Held(taken)));
         };
+        self.keep(record, claimed, stored, inbox);
+        Ok(())
+    }
+
+    /// Stores the session's record (this pod hosts it) and answers its
+    /// requests from other pods.
+    async fn host(
+        &self,
+        record: &SessionRecord,
+    ) -> Result<((bytes::Bytes, u64), tokio::task::AbortHandle), LeaseError> {
+        let value: bytes::Bytes = serde_json::to_vec(&Stored::of(record, &self.pod))
+            .map_err(|e| unavailable("session record", e))?
+            .into();
+        let revision = self
+            .records
+            .put(record.sid.as_str(), value.clone())
+            .await
+            .map_err(|e| unavailable("session record", e))?;
+        let inbox = self
+            .inbox(&record.org, &record.sid)
+            .await
+            .map_err(LeaseError::Unavailable)?;
+        Ok(((value, revision), inbox))
+    }
+
+    fn keep(
+        &self,
+        record: &SessionRecord,
+        roles: Vec<(String, u64)>,
+        stored: (bytes::Bytes, u64),
+        inbox: tokio::task::AbortHandle,
+    ) {
         let held = Held {
-            org: org.clone(),
-            roles: claimed,
+            org: record.org.clone(),
+            roles,
+            record: stored,
             inbox,
         };
-        if let Some(old) = self.held.lock().insert(sid.clone(), held) {
+        if let Some(old) = self.held.lock().insert(record.sid.clone(), held) {
             old.inbox.abort();
         }
+    }
+
+    async fn adopt_now(&self, record: &SessionRecord) -> Result<(), LeaseError> {
+        let (org, sid) = (&record.org, &record.sid);
+        let mut moved = Vec::new();
+        let mut taken = Vec::new();
+        for role in &record.roles {
+            let k = key(org, role);
+            let current = self
+                .kv
+                .entry(k.clone())
+                .await
+                .map_err(|e| unavailable("role lease", e))?;
+            let held_by = current
+                .as_ref()
+                .filter(|e| e.operation == kv::Operation::Put)
+                .and_then(|e| serde_json::from_slice::<Lease>(&e.value).ok());
+            let written = match (current, held_by) {
+                (Some(e), Some(lease)) if lease.sid == *sid => {
+                    self.kv.update(&k, self.lease_of(sid), e.revision).await.ok()
+                }
+                (_, Some(_)) => None,
+                (_, None) => self.kv.create(&k, self.lease_of(sid)).await.ok(),
+            };
+            match written {
+                Some(revision) => moved.push((k, revision)),
+                None => taken.push(role.clone()),
+            }
+        }
+        if !taken.is_empty() {
+            return Err(LeaseError::Held(taken));
+        }
+        // The pod that hosted it lets it go (a dead one does not answer).
+        if let Ok(client) = self.client(org).await {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(MOVE, "1");
+            let asked = client.request_with_headers(subjects::session(sid), headers, "".into());
+            let _ = tokio::time::timeout(FORWARD_TIMEOUT, asked).await;
+        }
+        let (stored, inbox) = self.host(record).await?;
+        self.keep(record, moved, stored, inbox);
         Ok(())
+    }
+
+    async fn lookup_now(&self, sid: &Sid) -> Option<SessionRecord> {
+        let value = self.records.get(sid.as_str()).await.ok().flatten()?;
+        serde_json::from_slice::<Stored>(&value).ok()?.record(sid)
     }
 
     /// Subscribes `op.<sid>` in the org's account.
@@ -217,6 +367,21 @@ impl ClusterRoles {
             loop {
                 while let Some(request) = requests.next().await {
                     let Some(reply) = request.reply else { continue };
+                    if request.headers.as_ref().is_some_and(|h| h.get(MOVE).is_some()) {
+                        // Another pod adopts the session: it leaves here
+                        // (ending it aborts this task, so answer first).
+                        let _ = client.publish(reply, "moved".into()).await;
+                        let services = me
+                            .upgrade()
+                            .and_then(|roles| roles.services.get().and_then(Weak::upgrade));
+                        let sid = sid.clone();
+                        tokio::spawn(async move {
+                            if let Some(services) = services {
+                                services.sessions.end(&sid).await;
+                            }
+                        });
+                        continue;
+                    }
                     let frame = PreparedFrame::from_wire(ws::text_frame(&request.payload));
                     let services = me
                         .upgrade()
@@ -297,18 +462,39 @@ impl ClusterRoles {
                     Err(e) => tracing::debug!(key = %k, error = %e, "role lease not renewed; trying again"),
                 }
             }
+            self.renew_records().await;
+        }
+    }
+
+    /// Renews the records of the sessions this pod hosts (a record another
+    /// pod rewrote means it adopted the session: this pod leaves it be).
+    async fn renew_records(&self) {
+        let due: Vec<(Sid, bytes::Bytes, u64)> = self
+            .held
+            .lock()
+            .iter()
+            .map(|(sid, h)| (sid.clone(), h.record.0.clone(), h.record.1))
+            .collect();
+        for (sid, value, revision) in due {
+            let renewed = self.records.update(sid.as_str(), value, revision).await;
+            if let (Ok(next), Some(h)) = (renewed, self.held.lock().get_mut(&sid)) {
+                h.record.1 = next;
+            }
         }
     }
 }
 
 impl RoleLeases for ClusterRoles {
-    fn claim<'a>(
-        &'a self,
-        org: &'a OrgId,
-        sid: &'a Sid,
-        roles: &'a [RoleName],
-    ) -> BoxFuture<'a, Result<(), LeaseError>> {
-        Box::pin(self.claim_now(org, sid, roles))
+    fn claim<'a>(&'a self, record: &'a SessionRecord) -> BoxFuture<'a, Result<(), LeaseError>> {
+        Box::pin(self.claim_now(record))
+    }
+
+    fn adopt<'a>(&'a self, record: &'a SessionRecord) -> BoxFuture<'a, Result<(), LeaseError>> {
+        Box::pin(self.adopt_now(record))
+    }
+
+    fn lookup<'a>(&'a self, sid: &'a Sid) -> BoxFuture<'a, Option<SessionRecord>> {
+        Box::pin(self.lookup_now(sid))
     }
 
     fn release(&self, _org: &OrgId, sid: &Sid) {
@@ -316,8 +502,29 @@ impl RoleLeases for ClusterRoles {
             return;
         };
         held.inbox.abort();
-        let (kv, sid) = (self.kv.clone(), sid.clone());
+        let (kv, records, sid, pod) = (
+            self.kv.clone(),
+            self.records.clone(),
+            sid.clone(),
+            self.pod.clone(),
+        );
         tokio::spawn(async move {
+            // The record, unless another pod adopted the session meanwhile.
+            let (_, revision) = held.record;
+            if records
+                .delete_expect_revision(sid.as_str(), Some(revision))
+                .await
+                .is_err()
+            {
+                let current = records.entry(sid.to_string()).await.ok().flatten();
+                if let Some(e) = current
+                    && serde_json::from_slice::<Stored>(&e.value).is_ok_and(|s| s.pod == pod)
+                {
+                    let _ = records
+                        .delete_expect_revision(sid.as_str(), Some(e.revision))
+                        .await;
+                }
+            }
             for (k, revision) in held.roles {
                 if kv.delete_expect_revision(&k, Some(revision)).await.is_ok() {
                     continue;
@@ -326,7 +533,8 @@ impl RoleLeases for ClusterRoles {
                 // what is there if it is still this session's.
                 let current = kv.entry(k.clone()).await.ok().flatten();
                 let ours = current.as_ref().is_some_and(|e| {
-                    serde_json::from_slice::<Lease>(&e.value).is_ok_and(|lease| lease.sid == sid)
+                    serde_json::from_slice::<Lease>(&e.value)
+                        .is_ok_and(|lease| lease.sid == sid && lease.pod == pod)
                 });
                 let deleted = match current {
                     Some(e) if ours => kv.delete_expect_revision(&k, Some(e.revision)).await.is_ok(),
