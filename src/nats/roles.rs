@@ -6,23 +6,29 @@
 //! so a crashed pod never holds a role for longer than a lease. The pod
 //! hosting a session answers requests on `op.<sid>` in the org's account;
 //! a `send` on another pod resolves the role there and hands the frame over
-//! with one request.
+//! with one request. The host also keeps the session's record in the
+//! `sessions` bucket, so an operator that reconnects to another pod takes
+//! its session there: the leases move by compare-and-swap and the old host
+//! (if alive) lets the session go.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchboard_actors::backplane::BoxFuture;
-use switchboard_actors::{Forwarded, LeaseError, RoleLeases, RollupRule, Services, SessionRecord};
-use switchboard_proto::{ChannelPattern, OrgId, PreparedFrame, RoleName, Sid, Target, subjects, ws};
+use switchboard_actors::{Forwarded, LeaseError, RoleLeases, Services, SessionRecord};
+use switchboard_proto::{OrgId, PreparedFrame, RoleName, Sid, Target, subjects, ws};
 use tokio_util::sync::CancellationToken;
 
 use super::accounts::Accounts;
+use records::{Stored, bucket};
+
+mod records;
 
 /// The roles bucket in the broker account.
 pub const BUCKET: &str = "roles";
@@ -95,82 +101,6 @@ fn outcome(answer: &[u8]) -> Forwarded {
         b"offline" => Forwarded::Offline,
         b"not_found" => Forwarded::NotFound,
         _ => Forwarded::Unavailable,
-    }
-}
-
-/// A key-value bucket whose keys lapse `max_age` after their last write.
-async fn bucket(js: &jetstream::Context, name: &str, max_age: Duration) -> anyhow::Result<kv::Store> {
-    // Made directly: async-nats 0.51 cannot parse 2.9's answer to
-    // `create_key_value` (as for the registry's bucket).
-    js.get_or_create_stream(stream::Config {
-        name: format!("KV_{name}"),
-        subjects: vec![format!("$KV.{name}.>")],
-        max_messages_per_subject: 1,
-        max_age,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        storage: stream::StorageType::File,
-        num_replicas: 1,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot make the {name} bucket: {e}"))?;
-    js.get_key_value(name)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open the {name} bucket: {e}"))
-}
-
-/// A session record as the records bucket keeps it.
-#[derive(Debug, Serialize, Deserialize)]
-struct Stored {
-    pod: String,
-    org: OrgId,
-    token_sha256: String,
-    roles: Vec<RoleName>,
-    rollup: Vec<(String, u64)>,
-    minted_by: Option<String>,
-}
-
-impl Stored {
-    fn of(record: &SessionRecord, pod: &str) -> Stored {
-        Stored {
-            pod: pod.to_owned(),
-            org: record.org.clone(),
-            token_sha256: data_encoding::HEXLOWER.encode(&record.token_sha256),
-            roles: record.roles.clone(),
-            rollup: record
-                .rollup
-                .iter()
-                .map(|r| (r.channels.to_string(), r.window.as_millis() as u64))
-                .collect(),
-            minted_by: record.minted_by.clone(),
-        }
-    }
-
-    fn record(self, sid: &Sid) -> Option<SessionRecord> {
-        let digest = data_encoding::HEXLOWER
-            .decode(self.token_sha256.as_bytes())
-            .ok()?;
-        let rollup: Vec<RollupRule> = self
-            .rollup
-            .into_iter()
-            .map(|(channels, ms)| {
-                Some(RollupRule {
-                    channels: ChannelPattern::new(&channels).ok()?,
-                    window: Duration::from_millis(ms),
-                })
-            })
-            .collect::<Option<_>>()?;
-        Some(SessionRecord {
-            sid: sid.clone(),
-            org: self.org,
-            token_sha256: digest.try_into().ok()?,
-            roles: self.roles,
-            rollup: rollup.into(),
-            turns: Vec::new(),
-            minted_by: self.minted_by,
-        })
     }
 }
 
