@@ -319,21 +319,8 @@ async fn message_or_end(client: &mut Client) -> Option<(u64, Value)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_of_a_pod_killed_mid_stream_resume_on_another_with_no_gap() {
     let nats = Nats::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (config, _) = test_config(|c| c.limits.publish_rate = Some(0));
-    let path = dir.path().join("switchboard.toml");
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-    let args = [
-        "--config",
-        path.to_str().unwrap(),
-        "--nats-url",
-        &nats.url,
-        "--nats-dir",
-        nats.dir.to_str().unwrap(),
-    ];
-    let mut pods: Vec<_> = (0..3)
-        .map(|_| common::process::serve(dir.path(), &args))
-        .collect();
+    let processes = ProcessPods::new(&nats, |c| c.limits.publish_rate = Some(0));
+    let mut pods: Vec<_> = (0..3).map(|_| processes.serve()).collect();
     let ws_url = |pod: &common::process::Serve| {
         format!(
             "ws://{}/v1/ws?token={}",

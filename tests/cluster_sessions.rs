@@ -109,23 +109,10 @@ async fn a_client_on_one_pod_reaches_an_operator_on_another_by_role_and_by_sid()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_role_of_a_pod_killed_with_its_session_comes_free_after_its_lease() {
     let nats = Nats::start().await;
-    let dir = tempfile::tempdir().unwrap();
     let lease = |c: &mut switchboard::config::FileConfig| c.nats.role_lease_secs = Some(2);
-    let (mut config, keys) = test_config(lease);
-    config.nats.url = Some(nats.url.clone());
-    config.nats.dir = Some(nats.dir.clone());
-    let path = dir.path().join("switchboard.toml");
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-    let mut doomed = common::process::serve(dir.path(), &["--config", path.to_str().unwrap()]);
-    let acme_key = &keys[ORGS.iter().position(|o| *o == "acme").unwrap()];
-    let minted = reqwest::Client::new()
-        .post(format!("http://{}/v1/operators", doomed.addr))
-        .bearer_auth(acme_key)
-        .json(&json!({"roles": ["main-ai"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(minted.status(), 201);
+    let processes = ProcessPods::new(&nats, lease);
+    let mut doomed = processes.serve();
+    assert_eq!(processes.mint(&doomed, "acme", &["main-ai"]).await.0, 201);
     let mut pods = cluster(&nats, 1, lease).await;
     let survivor = pods.remove(0);
     assert_eq!(
@@ -207,24 +194,10 @@ async fn an_operator_that_reconnects_to_another_pod_takes_its_session_and_role_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_whose_pod_was_killed_resumes_its_session_on_another() {
     let nats = Nats::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (mut config, keys) = test_config(|_| {});
-    config.nats.url = Some(nats.url.clone());
-    config.nats.dir = Some(nats.dir.clone());
-    let path = dir.path().join("switchboard.toml");
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-    let mut doomed = common::process::serve(dir.path(), &["--config", path.to_str().unwrap()]);
-    let acme_key = &keys[ORGS.iter().position(|o| *o == "acme").unwrap()];
-    let minted: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{}/v1/operators", doomed.addr))
-        .bearer_auth(acme_key)
-        .json(&json!({"roles": ["main-ai"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let processes = ProcessPods::new(&nats, |_| {});
+    let mut doomed = processes.serve();
+    let (status, minted) = processes.mint(&doomed, "acme", &["main-ai"]).await;
+    assert_eq!(status, 201);
     let session = Session {
         sid: minted["sid"].as_str().unwrap().into(),
         token: minted["token"].as_str().unwrap().into(),

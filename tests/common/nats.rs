@@ -160,6 +160,49 @@ pub async fn cluster(
     pods
 }
 
+/// Pods as processes (to be killed with -9), sharing one config file of the
+/// test orgs, in cluster mode on `nats`.
+pub struct ProcessPods {
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    /// The test orgs' API keys, as the config holds them.
+    pub keys: Vec<String>,
+}
+
+impl ProcessPods {
+    pub fn new(nats: &Nats, edit: impl FnOnce(&mut switchboard::config::FileConfig)) -> ProcessPods {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut config, keys) = super::test_config(edit);
+        config.nats.url = Some(nats.url.clone());
+        config.nats.dir = Some(nats.dir.clone());
+        let path = dir.path().join("switchboard.toml");
+        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+        ProcessPods {
+            dir,
+            config: path,
+            keys,
+        }
+    }
+
+    pub fn serve(&self) -> super::process::Serve {
+        super::process::serve(self.dir.path(), &["--config", self.config.to_str().unwrap()])
+    }
+
+    /// `POST /v1/operators` on `pod` with `org`'s key: (status, body).
+    pub async fn mint(&self, pod: &super::process::Serve, org: &str, roles: &[&str]) -> (u16, Value) {
+        let key = &self.keys[super::ORGS.iter().position(|o| *o == org).unwrap()];
+        let res = reqwest::Client::new()
+            .post(format!("http://{}/v1/operators", pod.addr))
+            .bearer_auth(key)
+            .json(&serde_json::json!({ "roles": roles }))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+}
+
 /// The accounts nats-server knows (system and broker included).
 pub async fn server_accounts(nats: &Nats) -> Vec<String> {
     let sys = nats.connect("sys.creds").await;
