@@ -17,6 +17,7 @@ pub const PUBLISH_ALL: &str = "pub.>";
 /// sequence, for every pod to take into the channel stream:
 /// `in.<channel>`.
 pub const INGEST_ALL: &str = "in.>";
+const INGEST_PREFIX: &str = "in.";
 
 /// What an org's channel stream captures.
 pub const CHANNEL_ALL: &str = "ch.>";
@@ -107,6 +108,13 @@ pub fn published_channel(subject: &str) -> Option<ChannelName> {
         .and_then(|c| ChannelName::new(c).ok())
 }
 
+/// The channel a republished publisher event (`in.<channel>`) names.
+pub fn ingested_channel(subject: &str) -> Option<ChannelName> {
+    subject
+        .strip_prefix(INGEST_PREFIX)
+        .and_then(|c| ChannelName::new(c).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +141,8 @@ mod tests {
         assert_eq!(published_channel("pub.chat.42"), Some(chat));
         assert_eq!(published_channel("pub."), None);
         assert_eq!(published_channel("live.chat"), None);
+        assert_eq!(ingested_channel("in.chat.42"), ChannelName::new("chat.42").ok());
+        assert_eq!(ingested_channel("pub.chat.42"), None);
         assert_eq!(published_channel("pub.a b"), None);
         let p = ChannelPattern::new("chat.*").unwrap();
         assert_eq!(publish_grant(&p), "pub.chat.*");

@@ -86,10 +86,7 @@ pub async fn deliver(
     backplane: &NatsBackplane,
     max_bytes: usize,
 ) -> Outcome {
-    let Some(channel) = subject
-        .strip_prefix("in.")
-        .and_then(|c| switchboard_proto::ChannelName::new(c).ok())
-    else {
+    let Some(channel) = subjects::ingested_channel(subject) else {
         return Outcome::Malformed;
     };
     if payload.len() > max_bytes {

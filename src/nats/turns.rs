@@ -131,8 +131,9 @@ fn decode_finished(m: &Stored) -> Option<Finished> {
 /// pod would have stored (a bug or tampering).
 pub fn history_frame(channel: &ChannelName, m: &Stored) -> Option<PreparedFrame> {
     if kind(m).is_none() {
-        let data = RawValue::from_string(text(m)?.to_owned()).ok()?;
-        return Some(PreparedFrame::message(channel, m.offset, &data));
+        // Borrowed: no copy of the payload per delivered message.
+        let data: &RawValue = serde_json::from_slice(&m.payload).ok()?;
+        return Some(PreparedFrame::message(channel, m.offset, data));
     }
     let f = decode_finished(m)?;
     let event = TurnEvent::Finished {
