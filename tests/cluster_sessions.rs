@@ -1,7 +1,8 @@
 //! Operator roles and sessions across pods (cluster mode, a real
 //! nats-server): a role is held once cluster-wide, a client on one pod
-//! reaches an operator on another by role or by sid, and a crashed pod's
-//! role comes free after its lease.
+//! reaches an operator on another by role or by sid, an operator back on
+//! any pod gets what was sent while it was away (also when its pod died),
+//! and a crashed pod's role comes free after its lease.
 
 use crate::common;
 
@@ -203,12 +204,58 @@ async fn an_operator_whose_pod_was_killed_resumes_its_session_on_another() {
         token: minted["token"].as_str().unwrap().into(),
     };
     let survivor = cluster(&nats, 1, |_| {}).await.remove(0);
-    doomed.child.kill().unwrap();
-    let mut op = Client::operator(&survivor, &session).await;
     let mut client = Client::connect_all(&survivor, "acme").await;
+    let to = format!("op:{}", session.sid);
+    // Sent while its operator is away: the doomed pod parks it.
     client
-        .send(json!({"type": "send", "id": 1, "to": "role:main-ai", "data": "still here?"}))
+        .send(json!({"type": "send", "id": 1, "to": to, "data": "before"}))
         .await;
     client.ack(1).await;
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    // Nobody hosts it now: the sender's pod parks it for the session.
+    client
+        .send(json!({"type": "send", "id": 2, "to": to, "data": "after"}))
+        .await;
+    client.ack(2).await;
+    let mut op = Client::operator(&survivor, &session).await;
+    receives(&mut op, json!("before")).await;
+    receives(&mut op, json!("after")).await;
+    client
+        .send(json!({"type": "send", "id": 3, "to": "role:main-ai", "data": "still here?"}))
+        .await;
+    client.ack(3).await;
     receives(&mut op, json!("still here?")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_away_gets_what_was_sent_meanwhile_on_the_pod_it_comes_back_to() {
+    let nats = Nats::start().await;
+    let pods = cluster(&nats, 3, |_| {}).await;
+    let session = mint_ok(&pods[0], "acme", &["main-ai"]).await;
+    drop(Client::operator(&pods[0], &session).await);
+    let mut client = Client::connect_all(&pods[2], "acme").await;
+    for i in 1..=20 {
+        client
+            .send(json!({"type": "send", "id": i, "to": "role:main-ai", "data": i}))
+            .await;
+        client.ack(i).await;
+    }
+    let mut op = Client::operator(&pods[1], &session).await;
+    for i in 1..=20 {
+        receives(&mut op, json!(i)).await;
+    }
+    client
+        .send(json!({"type": "send", "id": 21, "to": "role:main-ai", "data": "live"}))
+        .await;
+    client.ack(21).await;
+    receives(&mut op, json!("live")).await;
+    // Taken once: back on the first pod, nothing is handed over again.
+    drop(op);
+    let mut op = Client::operator(&pods[0], &session).await;
+    client
+        .send(json!({"type": "send", "id": 22, "to": "role:main-ai", "data": "next"}))
+        .await;
+    client.ack(22).await;
+    receives(&mut op, json!("next")).await;
 }

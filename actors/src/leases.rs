@@ -48,6 +48,18 @@ pub trait RoleLeases: Send + Sync + 'static {
     /// Gives back what [`RoleLeases::claim`] took for `sid` (its session ended).
     fn release(&self, org: &OrgId, sid: &Sid);
 
+    /// Keeps `frames` for the session `sid` while its operator is away,
+    /// where whichever pod it reconnects to finds them; false if they could
+    /// not all be kept (the caller keeps those it still has).
+    fn park<'a>(&'a self, org: &'a OrgId, sid: &'a Sid, frames: &'a [PreparedFrame]) -> BoxFuture<'a, bool>;
+
+    /// Takes what was parked for `sid`, oldest first.
+    fn unpark<'a>(
+        &'a self,
+        org: &'a OrgId,
+        sid: &'a Sid,
+    ) -> BoxFuture<'a, Result<Vec<PreparedFrame>, LeaseError>>;
+
     /// Hands `frame` to the session `to` names on another pod.
     fn forward<'a>(
         &'a self,
@@ -74,6 +86,19 @@ impl RoleLeases for LocalOnly {
     }
 
     fn release(&self, _: &OrgId, _: &Sid) {}
+
+    /// Its sessions keep their frames in memory: nobody else could take them.
+    fn park<'a>(&'a self, _: &'a OrgId, _: &'a Sid, _: &'a [PreparedFrame]) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
+
+    fn unpark<'a>(
+        &'a self,
+        _: &'a OrgId,
+        _: &'a Sid,
+    ) -> BoxFuture<'a, Result<Vec<PreparedFrame>, LeaseError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 
     fn forward<'a>(&'a self, _: &'a OrgId, _: &'a Target, _: PreparedFrame) -> BoxFuture<'a, Forwarded> {
         Box::pin(async { Forwarded::NotFound })

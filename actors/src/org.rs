@@ -128,6 +128,7 @@ impl OrgState {
             channels: Arc::clone(&self.args.channels),
             store: Arc::clone(&self.args.sessions),
             limits: self.args.session_limits,
+            leases: Arc::clone(&self.args.leases),
         };
         let (actor, _) = Actor::spawn_linked(None, OperatorSession, args, me.get_cell()).await?;
         self.by_actor.insert(actor.get_id(), sid.clone());

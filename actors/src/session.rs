@@ -18,6 +18,7 @@ use switchboard_proto::{
 };
 
 use crate::channels::Channels;
+use crate::leases::RoleLeases;
 use crate::limits::Limits;
 use crate::session_store::{RollupRule, SessionRecord, SessionStore};
 use crate::sink::{CloseReason, Sink, charge};
@@ -86,6 +87,8 @@ pub struct SessionArgs {
     pub channels: Arc<Channels>,
     pub store: Arc<SessionStore>,
     pub limits: SessionLimits,
+    /// Where frames wait while the operator is away, for any pod.
+    pub leases: Arc<dyn RoleLeases>,
 }
 
 /// Frames waiting for the operator, bounded in bytes, and the count of
@@ -167,6 +170,10 @@ pub struct SessionState {
     limits: SessionLimits,
     socket: Option<(u64, Arc<dyn Sink>)>,
     generation: u64,
+    leases: Arc<dyn RoleLeases>,
+    /// Frames may be parked for it (by this pod or another): the next
+    /// socket gets them first.
+    parked: bool,
     buffer: Buffer,
     turns: std::collections::HashMap<TurnId, LiveTurn>,
 }
@@ -200,11 +207,11 @@ impl SessionState {
         }
     }
 
-    fn attach(&mut self, sink: Arc<dyn Sink>) -> u64 {
+    async fn attach(&mut self, sink: Arc<dyn Sink>) -> u64 {
         self.generation += 1;
         // What the replaced socket had not started writing goes to its
         // successor first, in order.
-        let moved = match self.socket.take() {
+        let mut first = match self.socket.take() {
             Some((_, old)) => {
                 old.close(CloseReason::Replaced);
                 old.take_unsent()
@@ -214,17 +221,31 @@ impl SessionState {
                 Vec::new()
             }
         };
+        // Then what was parked while it was away (nothing is parked after
+        // a park failed until now, so all of it is older than the buffer).
+        if self.parked {
+            match self.leases.unpark(&self.org, &self.sid).await {
+                Ok(parked) => {
+                    self.parked = false;
+                    first.extend(parked);
+                }
+                Err(e) => {
+                    tracing::warn!(sid = %self.sid, error = %e, "parked frames not read; the next socket gets them")
+                }
+            }
+        }
         self.buffer
-            .hand_over(sink.as_ref(), moved, self.limits.buffer_bytes);
+            .hand_over(sink.as_ref(), first, self.limits.buffer_bytes);
         self.socket = Some((self.generation, sink));
         self.generation
     }
 
-    fn detached(&mut self, me: &ActorRef<SessionMsg>, generation: u64, unsent: Vec<PreparedFrame>) {
+    async fn detached(&mut self, me: &ActorRef<SessionMsg>, generation: u64, unsent: Vec<PreparedFrame>) {
         if self.socket.as_ref().is_some_and(|(g, _)| *g == generation) {
             self.socket = None;
             gauge!(telemetry::SESSIONS_CONNECTED).decrement(1.0);
             self.buffer.restore(unsent, self.limits.buffer_bytes);
+            self.park_buffer().await;
             self.detach_timers(me);
         } else {
             // A replaced socket's last, partly written frame: its successor
@@ -234,13 +255,36 @@ impl SessionState {
         }
     }
 
-    fn route_client_frame(&mut self, frame: PreparedFrame) -> Result<(), Offline> {
+    /// Moves what is buffered to where any pod finds it (the operator may
+    /// come back elsewhere, or this pod may die); in one pod it stays.
+    async fn park_buffer(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        let frames: Vec<PreparedFrame> = self.buffer.frames.iter().cloned().collect();
+        if self.leases.park(&self.org, &self.sid, &frames).await {
+            self.buffer.frames.clear();
+            self.buffer.bytes = 0;
+            self.parked = true;
+        }
+    }
+
+    async fn route_client_frame(&mut self, frame: PreparedFrame) -> Result<(), Offline> {
         let offered = self.buffer.is_empty()
             && self
                 .socket
                 .as_ref()
                 .is_some_and(|(_, sink)| sink.offer(&frame).is_ok());
-        if offered || self.buffer.push(frame, self.limits.buffer_bytes) {
+        // Away: parked, unless an earlier frame could not be (order).
+        let parked = !offered
+            && self.socket.is_none()
+            && self.buffer.is_empty()
+            && self
+                .leases
+                .park(&self.org, &self.sid, std::slice::from_ref(&frame))
+                .await;
+        self.parked |= parked;
+        if offered || parked || self.buffer.push(frame, self.limits.buffer_bytes) {
             counter!(telemetry::FRAMES_ROUTED).increment(1);
             return Ok(());
         }
@@ -290,6 +334,9 @@ impl Actor for OperatorSession {
             limits: args.limits,
             socket: None,
             generation: 0,
+            leases: args.leases,
+            // Adopted from another pod, it may have left frames.
+            parked: true,
             buffer: Buffer::default(),
             turns,
         };
@@ -321,12 +368,12 @@ impl Actor for OperatorSession {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Attach(sink, reply) => {
-                let generation = state.attach(sink);
+                let generation = state.attach(sink).await;
                 let _ = reply.send(generation);
             }
-            SessionMsg::Detached(generation, unsent) => state.detached(&me, generation, unsent),
+            SessionMsg::Detached(generation, unsent) => state.detached(&me, generation, unsent).await,
             SessionMsg::FromClient(frame, reply) => {
-                let _ = reply.send(state.route_client_frame(frame));
+                let _ = reply.send(state.route_client_frame(frame).await);
             }
             SessionMsg::FromOperator(frame, reply) => {
                 state.on_operator_frame(&me, frame).await;

@@ -30,6 +30,15 @@ pub fn session(sid: &Sid) -> String {
     format!("op.{sid}")
 }
 
+/// Where frames wait for an operator session whose operator is away,
+/// for whichever pod it comes back to: `parked.<sid>`.
+pub fn parked(sid: &Sid) -> String {
+    format!("parked.{sid}")
+}
+
+/// What an org's parking stream captures.
+pub const PARKED_ALL: &str = "parked.>";
+
 /// Where pods ask each other who is subscribed to a channel (the payload
 /// names it).
 pub const PRESENCE: &str = "sb.presence";

@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod init;
 pub mod jwt;
 pub mod live;
+pub mod parking;
 pub mod presence;
 pub mod publishers;
 pub mod roles;

@@ -26,6 +26,7 @@ use switchboard_proto::{OrgId, PreparedFrame, RoleName, Sid, Target, subjects, w
 use tokio_util::sync::CancellationToken;
 
 use super::accounts::Accounts;
+use super::parking::Parking;
 use records::{Stored, bucket};
 
 mod records;
@@ -75,6 +76,8 @@ pub struct ClusterRoles {
     pool: Arc<OnceLock<Arc<Accounts>>>,
     services: OnceLock<Weak<Services>>,
     held: Mutex<HashMap<Sid, Held>>,
+    /// Frames for sessions whose operator is away.
+    parking: Arc<Parking>,
 }
 
 fn key(org: &OrgId, role: &RoleName) -> String {
@@ -120,9 +123,10 @@ impl ClusterRoles {
             pod: uuid::Uuid::new_v4().simple().to_string(),
             lease,
             kv,
-            pool,
             services: OnceLock::new(),
             held: Mutex::new(HashMap::new()),
+            parking: Arc::new(Parking::new(Arc::clone(&pool), RECORD_TTL.max(lease))),
+            pool,
         }))
     }
 
@@ -188,6 +192,16 @@ impl ClusterRoles {
         &self,
         record: &SessionRecord,
     ) -> Result<((bytes::Bytes, u64), tokio::task::AbortHandle), LeaseError> {
+        let stored = self.store_record(record).await?;
+        let inbox = self
+            .inbox(&record.org, &record.sid)
+            .await
+            .map_err(LeaseError::Unavailable)?;
+        Ok((stored, inbox))
+    }
+
+    /// Writes the session's record, naming this pod its host.
+    async fn store_record(&self, record: &SessionRecord) -> Result<(bytes::Bytes, u64), LeaseError> {
         let value: bytes::Bytes = serde_json::to_vec(&Stored::of(record, &self.pod))
             .map_err(|e| unavailable("session record", e))?
             .into();
@@ -196,11 +210,7 @@ impl ClusterRoles {
             .put(record.sid.as_str(), value.clone())
             .await
             .map_err(|e| unavailable("session record", e))?;
-        let inbox = self
-            .inbox(&record.org, &record.sid)
-            .await
-            .map_err(LeaseError::Unavailable)?;
-        Ok(((value, revision), inbox))
+        Ok((value, revision))
     }
 
     fn keep(
@@ -251,14 +261,18 @@ impl ClusterRoles {
         if !taken.is_empty() {
             return Err(LeaseError::Held(taken));
         }
-        // The pod that hosted it lets it go (a dead one does not answer).
+        // The record names this pod first, so the old host, letting the
+        // session go, sees it moved (and leaves what it parked for here).
+        let stored = self.store_record(record).await?;
+        // The pod that hosted it lets it go (a dead one does not answer);
+        // only then does this pod answer for it, so no frame reaches both.
         if let Ok(client) = self.client(org).await {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(MOVE, "1");
             let asked = client.request_with_headers(subjects::session(sid), headers, "".into());
             let _ = tokio::time::timeout(FORWARD_TIMEOUT, asked).await;
         }
-        let (stored, inbox) = self.host(record).await?;
+        let inbox = self.inbox(org, sid).await.map_err(LeaseError::Unavailable)?;
         self.keep(record, moved, stored, inbox);
         Ok(())
     }
@@ -310,7 +324,9 @@ impl ClusterRoles {
                                 services.sessions.end(&sid).await;
                             }
                         });
-                        continue;
+                        // Stop answering: what comes next is the new host's
+                        // (a sender finding nobody parks it for the session).
+                        return;
                     }
                     let frame = PreparedFrame::from_wire(ws::text_frame(&request.payload));
                     let services = me
@@ -354,8 +370,26 @@ impl ClusterRoles {
         let request = client.request(subjects::session(&sid), frame.payload());
         match tokio::time::timeout(FORWARD_TIMEOUT, request).await {
             Ok(Ok(reply)) => outcome(&reply.payload),
-            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Forwarded::NotFound,
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                self.park_for_absent_host(org, &sid, frame).await
+            }
             _ => Forwarded::Unavailable,
+        }
+    }
+
+    /// Nobody hosts `sid` right now: its pod died, or it is moving. If its
+    /// record lives (its operator may still come back), the frame waits
+    /// for it with what its host parked.
+    async fn park_for_absent_host(&self, org: &OrgId, sid: &Sid, frame: PreparedFrame) -> Forwarded {
+        match self.lookup_now(sid).await {
+            Some(record) if record.org == *org => {
+                if self.parking.park(org, sid, std::slice::from_ref(&frame)).await {
+                    Forwarded::Delivered
+                } else {
+                    Forwarded::Unavailable
+                }
+            }
+            _ => Forwarded::NotFound,
         }
     }
 
@@ -432,28 +466,35 @@ impl RoleLeases for ClusterRoles {
             return;
         };
         held.inbox.abort();
-        let (kv, records, sid, pod) = (
+        let (kv, records, sid, pod, parking) = (
             self.kv.clone(),
             self.records.clone(),
             sid.clone(),
             self.pod.clone(),
+            Arc::clone(&self.parking),
         );
         tokio::spawn(async move {
             // The record, unless another pod adopted the session meanwhile.
             let (_, revision) = held.record;
-            if records
+            let mut ended = records
                 .delete_expect_revision(sid.as_str(), Some(revision))
                 .await
-                .is_err()
-            {
+                .is_ok();
+            if !ended {
                 let current = records.entry(sid.to_string()).await.ok().flatten();
                 if let Some(e) = current
                     && serde_json::from_slice::<Stored>(&e.value).is_ok_and(|s| s.pod == pod)
                 {
-                    let _ = records
+                    ended = records
                         .delete_expect_revision(sid.as_str(), Some(e.revision))
-                        .await;
+                        .await
+                        .is_ok();
                 }
+            }
+            // Ended here for good (not moved to another pod): nobody will
+            // take what was parked for it.
+            if ended {
+                parking.discard(&held.org, &sid).await;
             }
             for (k, revision) in held.roles {
                 if kv.delete_expect_revision(&k, Some(revision)).await.is_ok() {
@@ -475,6 +516,23 @@ impl RoleLeases for ClusterRoles {
                 }
             }
         });
+    }
+
+    fn park<'a>(&'a self, org: &'a OrgId, sid: &'a Sid, frames: &'a [PreparedFrame]) -> BoxFuture<'a, bool> {
+        Box::pin(self.parking.park(org, sid, frames))
+    }
+
+    fn unpark<'a>(
+        &'a self,
+        org: &'a OrgId,
+        sid: &'a Sid,
+    ) -> BoxFuture<'a, Result<Vec<PreparedFrame>, LeaseError>> {
+        Box::pin(async move {
+            self.parking
+                .unpark(org, sid)
+                .await
+                .map_err(|e| unavailable("parked frames", e))
+        })
     }
 
     fn forward<'a>(

@@ -32,7 +32,7 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(4);
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long the stream remembers message ids: well past a publish's patience.
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(20);
+pub(super) const DUPLICATE_WINDOW: Duration = Duration::from_secs(20);
 /// Reads this short are direct gets; longer ones use a consumer.
 const DIRECT_READS: usize = 8;
 /// Messages per batch of a longer read.
@@ -99,10 +99,9 @@ impl OrgStream {
         client: async_nats::Client,
         limits: HistoryLimits,
     ) -> Result<OrgStream, BackplaneError> {
-        let mut js = jetstream::new(client);
-        js.set_timeout(ACK_TIMEOUT);
-        let stream = js
-            .get_or_create_stream(stream::Config {
+        Self::open_with(
+            client,
+            stream::Config {
                 name: STREAM.into(),
                 subjects: vec![subjects::CHANNEL_ALL.into()],
                 storage: stream::StorageType::File,
@@ -125,7 +124,21 @@ impl OrgStream {
                 }),
                 num_replicas: 1,
                 ..Default::default()
-            })
+            },
+        )
+        .await
+    }
+
+    /// Opens (or makes) another stream of the org's account with this
+    /// module's publishing and reading (`super::parking`'s, for one).
+    pub async fn open_with(
+        client: async_nats::Client,
+        config: stream::Config,
+    ) -> Result<OrgStream, BackplaneError> {
+        let mut js = jetstream::new(client);
+        js.set_timeout(ACK_TIMEOUT);
+        let stream = js
+            .get_or_create_stream(config)
             .await
             .map_err(|e| unavailable("cannot open the org's stream", e))?;
         // The stream's creation time names its incarnation: a recreated
@@ -203,6 +216,18 @@ impl OrgStream {
         self.stream
             .purge()
             .filter(subject)
+            .await
+            .map(drop)
+            .map_err(|e| unavailable("purge", e))
+    }
+
+    /// Removes what is stored on `subject` up to offset `through`, keeping
+    /// anything stored after it meanwhile.
+    pub async fn purge_through(&self, subject: &str, through: u64) -> Result<(), BackplaneError> {
+        self.stream
+            .purge()
+            .filter(subject)
+            .sequence(through + 1)
             .await
             .map(drop)
             .map_err(|e| unavailable("purge", e))
