@@ -174,12 +174,12 @@ async fn an_operator_that_reconnects_to_another_pod_takes_its_session_and_role_a
         .await;
     client.ack(1).await;
     receives(&mut op, json!({"q": "moved?"})).await;
-    // The first pod let it go; the role is still held, once.
+    // The first pod let it go (asked there, the new host answers: its
+    // operator is connected); the role is still held, once.
     eventually("the first pod lets the session go", async || {
-        session_call(&pods[0], reqwest::Method::GET, &session.sid, Some(&session.token))
-            .await
-            .0
-            == 404
+        let (status, info) =
+            session_call(&pods[0], reqwest::Method::GET, &session.sid, Some(&session.token)).await;
+        status == 200 && info["connected"] == json!(true)
     })
     .await;
     assert_eq!(mint(&pods[0], "acme", &["main-ai"]).await.0, 409);
@@ -258,4 +258,89 @@ async fn an_operator_away_gets_what_was_sent_meanwhile_on_the_pod_it_comes_back_
         .await;
     client.ack(22).await;
     receives(&mut op, json!("next")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_inspected_listed_and_ended_through_any_pod() {
+    let nats = Nats::start().await;
+    let pods = cluster(&nats, 3, |_| {}).await;
+    let session = mint_ok(&pods[0], "acme", &["main-ai"]).await;
+    let mut op = Client::operator(&pods[0], &session).await;
+    let (status, info) =
+        session_call(&pods[1], reqwest::Method::GET, &session.sid, Some(&session.token)).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["connected"], json!(true), "{info}");
+    assert_eq!(info["roles"], json!(["main-ai"]), "{info}");
+    let wrong = session_call(&pods[1], reqwest::Method::DELETE, &session.sid, Some("sbo.wrong")).await;
+    assert_eq!(wrong.0, 401, "{}", wrong.1);
+    // Listed on a pod that hosts none of the org's sessions; not by another org.
+    let (status, list) = call(
+        &pods[2],
+        reqwest::Method::GET,
+        "/v1/operators",
+        Some(pods[2].api_key("acme")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["sessions"][0]["sid"], json!(session.sid), "{list}");
+    let (_, other) = call(
+        &pods[2],
+        reqwest::Method::GET,
+        "/v1/operators",
+        Some(pods[2].api_key("globex")),
+        None,
+    )
+    .await;
+    assert_eq!(other["sessions"], json!([]), "{other}");
+    // Ended through another pod: its socket closes, its role is free.
+    let (status, body) = session_call(
+        &pods[2],
+        reqwest::Method::DELETE,
+        &session.sid,
+        Some(&session.token),
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let closed = op.closed().await.expect("a close frame");
+    assert_eq!(
+        u16::from(closed.code),
+        switchboard_proto::ws::close::SESSION_ENDED
+    );
+    assert_eq!(mint(&pods[1], "acme", &["main-ai"]).await.0, 201);
+    assert_eq!(
+        session_call(&pods[1], reqwest::Method::GET, &session.sid, Some(&session.token))
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_pod_was_killed_is_ended_through_another_at_once() {
+    let nats = Nats::start().await;
+    let processes = ProcessPods::new(&nats, |_| {});
+    let mut doomed = processes.serve();
+    let (status, minted) = processes.mint(&doomed, "acme", &["main-ai"]).await;
+    assert_eq!(status, 201);
+    let (sid, token) = (minted["sid"].as_str().unwrap(), minted["token"].as_str().unwrap());
+    let survivor = cluster(&nats, 1, |_| {}).await.remove(0);
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    let (status, info) = session_call(&survivor, reqwest::Method::GET, sid, Some(token)).await;
+    assert_eq!((status, &info["connected"]), (200, &json!(false)), "{info}");
+    assert_eq!(
+        session_call(&survivor, reqwest::Method::DELETE, sid, Some(token))
+            .await
+            .0,
+        204
+    );
+    // Its role is free now, not a lease later (10 s).
+    assert_eq!(mint(&survivor, "acme", &["main-ai"]).await.0, 201);
+    assert_eq!(
+        session_call(&survivor, reqwest::Method::GET, sid, Some(token))
+            .await
+            .0,
+        404
+    );
 }

@@ -6,6 +6,7 @@
 use switchboard_proto::{OrgId, PreparedFrame, RoleName, Sid, Target};
 
 use crate::backplane::BoxFuture;
+use crate::session::SessionInfo;
 use crate::session_store::SessionRecord;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,13 @@ pub enum Forwarded {
     Unavailable,
 }
 
+/// What one pod asks of the pod hosting a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    Info,
+    End,
+}
+
 pub trait RoleLeases: Send + Sync + 'static {
     /// Claims the roles of the new session `record` on every pod, and makes
     /// the session reachable (and adoptable) from other pods. Either every
@@ -47,6 +55,15 @@ pub trait RoleLeases: Send + Sync + 'static {
 
     /// Gives back what [`RoleLeases::claim`] took for `sid` (its session ended).
     fn release(&self, org: &OrgId, sid: &Sid);
+
+    /// Asks the pod hosting the session `record` names for its state, or
+    /// to end it; a session whose pod died is answered for (and ended)
+    /// from its record.
+    fn ask<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+        ask: Ask,
+    ) -> BoxFuture<'a, Result<SessionInfo, LeaseError>>;
 
     /// Keeps `frames` for the session `sid` while its operator is away,
     /// where whichever pod it reconnects to finds them; false if they could
@@ -86,6 +103,10 @@ impl RoleLeases for LocalOnly {
     }
 
     fn release(&self, _: &OrgId, _: &Sid) {}
+
+    fn ask<'a>(&'a self, _: &'a SessionRecord, _: Ask) -> BoxFuture<'a, Result<SessionInfo, LeaseError>> {
+        Box::pin(async { Err(LeaseError::Unavailable("one pod: no other host".into())) })
+    }
 
     /// Its sessions keep their frames in memory: nobody else could take them.
     fn park<'a>(&'a self, _: &'a OrgId, _: &'a Sid, _: &'a [PreparedFrame]) -> BoxFuture<'a, bool> {

@@ -54,7 +54,7 @@ pub use backplane::{Backplane, BackplaneError, Event, History, HistoryRead, Posi
 pub use channels::Channels;
 pub use connection::{Connection, Identity};
 pub use hub::{ChannelKey, Hub};
-pub use leases::{Forwarded, LeaseError, LocalOnly, RoleLeases};
+pub use leases::{Ask, Forwarded, LeaseError, LocalOnly, RoleLeases};
 pub use limits::Limits;
 pub use link::{FrameHandler, Match, Supervised};
 pub use memory::{HistoryLimits, InProcess};

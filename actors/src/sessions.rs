@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ractor::ActorRef;
 use switchboard_proto::{ConnId, OrgId, PreparedFrame, Sid, Target};
 
-use crate::leases::{Forwarded, LeaseError, RoleLeases};
+use crate::leases::{Ask, Forwarded, LeaseError, RoleLeases};
 use crate::operator::{OperatorLink, OperatorShared};
 use crate::org::{MintError, OrgError, OrgMsg};
 use crate::orgs::OrgsMsg;
@@ -139,12 +139,35 @@ impl Sessions {
         }
     }
 
-    pub async fn info(&self, sid: &Sid) -> Option<SessionInfo> {
-        let session = self.actor(sid).await?;
-        ractor::call!(session, SessionMsg::Info).ok()
+    /// A session's state, from whichever pod hosts it.
+    pub async fn info(&self, sid: &Sid) -> Result<Option<SessionInfo>, LeaseError> {
+        if self.store.get(sid).is_none() {
+            return self.ask_host(sid, Ask::Info).await;
+        }
+        let Some(session) = self.actor(sid).await else {
+            return Ok(None);
+        };
+        Ok(ractor::call!(session, SessionMsg::Info).ok())
     }
 
-    /// Ends a session now: its socket closes, its roles are free at once.
+    async fn ask_host(&self, sid: &Sid, ask: Ask) -> Result<Option<SessionInfo>, LeaseError> {
+        match self.leases.lookup(sid).await {
+            Some(record) => self.leases.ask(&record, ask).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Ends a session now, on whichever pod hosts it: its socket closes,
+    /// its roles are free at once.
+    pub async fn end_anywhere(&self, sid: &Sid) -> Result<bool, LeaseError> {
+        if self.store.get(sid).is_some() {
+            return Ok(self.end(sid).await);
+        }
+        Ok(self.ask_host(sid, Ask::End).await?.is_some())
+    }
+
+    /// Ends a session hosted here now: its socket closes, its roles are
+    /// free at once.
     pub async fn end(&self, sid: &Sid) -> bool {
         let Some(record) = self.store.get(sid) else {
             return false;

@@ -42,6 +42,10 @@ pub const PARKED_ALL: &str = "parked.>";
 /// Where pods ask each other who is subscribed to a channel (the payload
 /// names it).
 pub const PRESENCE: &str = "sb.presence";
+/// Where pods ask each other which operator sessions of the org they host.
+pub const SESSIONS: &str = "sb.sessions";
+/// Every question pods ask each other (one subscription answers them all).
+pub const QUESTIONS: &str = "sb.*";
 
 /// A subject nobody answers: a request to it is a round trip to the server.
 pub const PING: &str = "_SB.PING";

@@ -15,13 +15,14 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use switchboard_actors::{CloseReason, MintError, SessionInfo, SessionRecord, Sink};
+use switchboard_actors::{CloseReason, LeaseError, MintError, SessionRecord, Sink};
 use switchboard_proto::{ErrorCode, RoleName, Sid};
 
 use super::sockets::{Side, switch};
 use super::{ApiError, App, parse_json, read_body};
 use crate::auth::{bearer, random_token, verify_api_key};
 use crate::directory::Scope;
+use crate::nats::presence::Hosted;
 use crate::ws::handshake::check_upgrade;
 
 /// Roles one session may claim.
@@ -34,10 +35,6 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 struct MintBody {
     #[serde(default)]
     roles: Vec<RoleName>,
-}
-
-fn info_json(info: &SessionInfo) -> serde_json::Value {
-    json!({"sid": info.sid, "roles": info.roles, "connected": info.connected})
 }
 
 #[utoipa::path(post, path = "/v1/operators", tag = "operators", security(("bearer" = [])),
@@ -112,26 +109,47 @@ pub async fn mint(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -
 }
 
 #[utoipa::path(get, path = "/v1/operators", tag = "operators", security(("bearer" = [])),
-    responses((status = 200, description = "the org's sessions", body = serde_json::Value), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody)))]
+    responses((status = 200, description = "the org's sessions", body = serde_json::Value), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::http::openapi::ErrorBody), (status = 503, description = "the pods hosting sessions cannot be reached right now", body = crate::http::openapi::ErrorBody)))]
 pub async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let org = verify_api_key(app.directory.as_ref(), bearer(&headers), None, Scope::Operators)?;
-    let sessions: Vec<_> = app
-        .services
-        .sessions
-        .of_org(&org.id)
-        .await
-        .iter()
-        .map(info_json)
-        .collect();
+    let sessions = match &app.accounts {
+        Some(accounts) => accounts.sessions(&org.id).await.map_err(|e| {
+            tracing::warn!(org = %org.id, error = %e, "operator sessions across pods failed");
+            ApiError::of(
+                ErrorCode::Unavailable,
+                "sessions cannot be listed right now; retry",
+            )
+        })?,
+        None => app
+            .services
+            .sessions
+            .of_org(&org.id)
+            .await
+            .into_iter()
+            .map(Hosted::from)
+            .collect(),
+    };
     Ok(Json(json!({ "sessions": sessions })).into_response())
 }
 
-/// The session `sid` names, if its bearer token is right: 404 for an
-/// unknown sid (before any token is looked at), 401 for a missing or wrong token.
-fn authorize(app: &App, sid: &str, headers: &HeaderMap) -> Result<Sid, ApiError> {
-    let not_found = || ApiError::of(ErrorCode::NotFound, "no such operator session");
+fn not_found() -> ApiError {
+    ApiError::of(ErrorCode::NotFound, "no such operator session")
+}
+
+fn host_unavailable(e: LeaseError) -> ApiError {
+    tracing::warn!(error = %e, "operator session: its host cannot be reached");
+    ApiError::of(
+        ErrorCode::Unavailable,
+        "the pod hosting the session cannot be reached right now; retry",
+    )
+}
+
+/// The record of the session `sid` names (hosted by any pod), if its
+/// bearer token is right: 404 for an unknown sid (before any token is
+/// looked at), 401 for a missing or wrong token.
+async fn authorize(app: &App, sid: &str, headers: &HeaderMap) -> Result<SessionRecord, ApiError> {
     let sid = Sid::new(sid).map_err(|_| not_found())?;
-    let record = app.services.sessions.record(&sid).ok_or_else(not_found)?;
+    let record = app.services.sessions.lookup(&sid).await.ok_or_else(not_found)?;
     let presented = bearer(headers)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::of(ErrorCode::Unauthorized, "missing or invalid credentials"))?;
@@ -142,28 +160,15 @@ fn authorize(app: &App, sid: &str, headers: &HeaderMap) -> Result<Sid, ApiError>
             "missing or invalid credentials",
         ));
     }
-    Ok(sid)
+    Ok(record)
 }
 
-/// Hosts here the session `sid` another pod minted, if its bearer token is
-/// right: its operator reconnected to this pod. `None` if no pod knows it.
-async fn adopt(app: &App, sid: &str, headers: &HeaderMap) -> Result<Option<Sid>, ApiError> {
-    let Ok(sid) = Sid::new(sid) else {
-        return Ok(None);
-    };
-    let Some(record) = app.services.sessions.lookup(&sid).await else {
-        return Ok(None);
-    };
-    let presented = bearer(headers).filter(|t| !t.is_empty()).unwrap_or_default();
-    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    if !bool::from(digest.ct_eq(&record.token_sha256)) {
-        return Err(ApiError::of(
-            ErrorCode::Unauthorized,
-            "missing or invalid credentials",
-        ));
-    }
+/// Hosts here the session of `record`, which another pod hosts (or
+/// hosted): its operator reconnected to this pod.
+async fn adopt(app: &App, record: SessionRecord) -> Result<Sid, ApiError> {
+    let sid = record.sid.clone();
     match app.services.sessions.adopt(record).await {
-        Ok(()) => Ok(Some(sid)),
+        Ok(()) => Ok(sid),
         Err(e @ MintError::Conflict(_)) => Err(ApiError::of(ErrorCode::Conflict, e.to_string())),
         Err(e) => {
             tracing::warn!(sid = %sid, error = %e, "cannot adopt an operator session");
@@ -177,33 +182,40 @@ async fn adopt(app: &App, sid: &str, headers: &HeaderMap) -> Result<Option<Sid>,
 
 #[utoipa::path(get, path = "/v1/operators/{sid}", tag = "operators", security(("bearer" = [])),
     params(("sid" = String, Path)),
-    responses((status = 200, description = "the session", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody)))]
+    responses((status = 200, description = "the session", body = serde_json::Value), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "the pods hosting sessions cannot be reached right now", body = crate::http::openapi::ErrorBody)))]
 pub async fn get(
     State(app): State<Arc<App>>,
     Path(sid): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let sid = authorize(&app, &sid, &headers)?;
+    let record = authorize(&app, &sid, &headers).await?;
     let info = app
         .services
         .sessions
-        .info(&sid)
+        .info(&record.sid)
         .await
-        .ok_or_else(|| ApiError::of(ErrorCode::NotFound, "no such operator session"))?;
-    Ok(Json(info_json(&info)).into_response())
+        .map_err(host_unavailable)?
+        .ok_or_else(not_found)?;
+    Ok(Json(Hosted::from(info)).into_response())
 }
 
 #[utoipa::path(delete, path = "/v1/operators/{sid}", tag = "operators", security(("bearer" = [])),
     params(("sid" = String, Path)),
-    responses((status = 204, description = "ended"), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody)))]
+    responses((status = 204, description = "ended"), (status = 400, description = "invalid input", body = crate::http::openapi::ErrorBody), (status = 401, description = "missing or invalid credentials", body = crate::http::openapi::ErrorBody), (status = 404, description = "not found", body = crate::http::openapi::ErrorBody), (status = 503, description = "the pods hosting sessions cannot be reached right now", body = crate::http::openapi::ErrorBody)))]
 pub async fn delete(
     State(app): State<Arc<App>>,
     Path(sid): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let sid = authorize(&app, &sid, &headers)?;
-    if !app.services.sessions.end(&sid).await {
-        return Err(ApiError::of(ErrorCode::NotFound, "no such operator session"));
+    let record = authorize(&app, &sid, &headers).await?;
+    let ended = app
+        .services
+        .sessions
+        .end_anywhere(&record.sid)
+        .await
+        .map_err(host_unavailable)?;
+    if !ended {
+        return Err(not_found());
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -216,10 +228,11 @@ pub async fn connect(
     Path(sid): Path<String>,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let sid = match authorize(&app, &sid, req.headers()) {
-        Ok(sid) => sid,
+    let record = authorize(&app, &sid, req.headers()).await?;
+    let sid = match app.services.sessions.record(&record.sid) {
+        Some(_) => record.sid,
         // Cluster mode: a session another pod hosts (or hosted) moves here.
-        Err(e) => adopt(&app, &sid, req.headers()).await?.ok_or(e)?,
+        None => adopt(&app, record).await?,
     };
     let key = check_upgrade(&req)?;
     switch(

@@ -328,6 +328,14 @@ impl Accounts {
             .map_err(|e| nats_error("presence", e))
     }
 
+    /// The operator sessions of `org` on every pod.
+    pub async fn sessions(&self, org: &OrgId) -> Result<Vec<super::presence::Hosted>, AccountError> {
+        let client = self.open(org).await?;
+        super::presence::sessions(&client)
+            .await
+            .map_err(|e| nats_error("operator sessions", e))
+    }
+
     /// Changes the org's account (a revocation, retirement) in the registry
     /// with compare-and-swap, and pushes the result.
     pub(crate) async fn update(

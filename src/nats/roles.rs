@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchboard_actors::backplane::BoxFuture;
-use switchboard_actors::{Forwarded, LeaseError, RoleLeases, Services, SessionRecord};
+use switchboard_actors::{Ask, Forwarded, LeaseError, RoleLeases, Services, SessionInfo, SessionRecord};
 use switchboard_proto::{OrgId, PreparedFrame, RoleName, Sid, Target, subjects, ws};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +40,8 @@ pub const RECORDS: &str = "sessions";
 const RECORD_TTL: Duration = Duration::from_secs(120);
 /// Asks the pod hosting a session to let it go (another pod adopts it).
 const MOVE: &str = "Sb-Move";
+/// Asks the pod hosting a session for its state (`info`) or to end it (`end`).
+const ASK: &str = "Sb-Ask";
 /// How long a pod waits for another to take a frame.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a session's inbox tries to listen again after its org
@@ -86,6 +88,19 @@ fn key(org: &OrgId, role: &RoleName) -> String {
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> LeaseError {
     LeaseError::Unavailable(format!("{what}: {e}"))
+}
+
+/// A session's state as its host tells another pod.
+#[derive(Serialize, Deserialize)]
+struct Told {
+    roles: Vec<RoleName>,
+    connected: bool,
+}
+
+/// This process's tree, for the tasks answering other pods.
+fn services_of(me: &Weak<ClusterRoles>) -> Option<Arc<Services>> {
+    me.upgrade()
+        .and_then(|roles| roles.services.get().and_then(Weak::upgrade))
 }
 
 /// The answers a hosting pod gives a forwarded frame.
@@ -311,13 +326,38 @@ impl ClusterRoles {
             loop {
                 while let Some(request) = requests.next().await {
                     let Some(reply) = request.reply else { continue };
-                    if request.headers.as_ref().is_some_and(|h| h.get(MOVE).is_some()) {
-                        // Another pod adopts the session: it leaves here
-                        // (ending it aborts this task, so answer first).
-                        let _ = client.publish(reply, "moved".into()).await;
-                        let services = me
-                            .upgrade()
-                            .and_then(|roles| roles.services.get().and_then(Weak::upgrade));
+                    let header = |name: &str| {
+                        request
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get(name))
+                            .map(|v| v.as_str().to_owned())
+                    };
+                    let ask = header(ASK);
+                    let moving = header(MOVE).is_some();
+                    if let Some(ask) = &ask {
+                        let info = match services_of(&me) {
+                            Some(services) => services.sessions.info(&sid).await.ok().flatten(),
+                            None => None,
+                        };
+                        let told = info.map(|i| Told {
+                            roles: i.roles,
+                            connected: i.connected,
+                        });
+                        let answer = serde_json::to_vec(&told).unwrap_or_default();
+                        let _ = client.publish(reply.clone(), answer.into()).await;
+                        if ask != "end" {
+                            continue;
+                        }
+                    }
+                    if moving || ask.is_some() {
+                        // Another pod adopts the session, or ends it: it
+                        // leaves here (ending it aborts this task, so the
+                        // answer went first).
+                        if moving {
+                            let _ = client.publish(reply, "moved".into()).await;
+                        }
+                        let services = services_of(&me);
                         let sid = sid.clone();
                         tokio::spawn(async move {
                             if let Some(services) = services {
@@ -329,10 +369,7 @@ impl ClusterRoles {
                         return;
                     }
                     let frame = PreparedFrame::from_wire(ws::text_frame(&request.payload));
-                    let services = me
-                        .upgrade()
-                        .and_then(|roles| roles.services.get().and_then(Weak::upgrade));
-                    let outcome = match services {
+                    let outcome = match services_of(&me) {
                         Some(services) => services.sessions.deliver(&sid, frame).await,
                         None => Forwarded::Unavailable,
                     };
@@ -375,6 +412,54 @@ impl ClusterRoles {
             }
             _ => Forwarded::Unavailable,
         }
+    }
+
+    async fn ask_now(&self, record: &SessionRecord, ask: Ask) -> Result<SessionInfo, LeaseError> {
+        let client = self
+            .client(&record.org)
+            .await
+            .map_err(|e| unavailable("org connection", e))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(ASK, if ask == Ask::End { "end" } else { "info" });
+        let asked = client.request_with_headers(subjects::session(&record.sid), headers, "".into());
+        let told = match tokio::time::timeout(FORWARD_TIMEOUT, asked).await {
+            Ok(Ok(reply)) => serde_json::from_slice::<Option<Told>>(&reply.payload)
+                .map_err(|e| unavailable("host's answer", e))?,
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                // Its pod died (or it is moving): its record answers.
+                if ask == Ask::End {
+                    self.end_orphan(record).await?;
+                }
+                Some(Told {
+                    roles: record.roles.clone(),
+                    connected: false,
+                })
+            }
+            Ok(Err(e)) => return Err(unavailable("session host", e)),
+            Err(_) => return Err(unavailable("session host", "no answer in time")),
+        };
+        let told = told.ok_or_else(|| unavailable("session host", "the session just ended"))?;
+        Ok(SessionInfo {
+            sid: record.sid.clone(),
+            roles: told.roles,
+            connected: told.connected,
+        })
+    }
+
+    /// Ends a session no pod hosts: its record, its roles' leases (those
+    /// still naming it) and what was parked for it go.
+    async fn end_orphan(&self, record: &SessionRecord) -> Result<(), LeaseError> {
+        let sid = &record.sid;
+        self.records
+            .delete(sid.as_str())
+            .await
+            .map_err(|e| unavailable("session record", e))?;
+        for role in &record.roles {
+            let k = key(&record.org, role);
+            delete_lease_of(&self.kv, &k, sid, None).await;
+        }
+        self.parking.discard(&record.org, sid).await;
+        Ok(())
     }
 
     /// Nobody hosts `sid` right now: its pod died, or it is moving. If its
@@ -448,6 +533,20 @@ impl ClusterRoles {
     }
 }
 
+/// Deletes the lease `k` if it names the session `sid` (hosted by `pod`,
+/// if given); true if it is gone or someone else's.
+async fn delete_lease_of(kv: &kv::Store, k: &str, sid: &Sid, pod: Option<&str>) -> bool {
+    let current = kv.entry(k.to_owned()).await.ok().flatten();
+    let ours = current.as_ref().is_some_and(|e| {
+        serde_json::from_slice::<Lease>(&e.value)
+            .is_ok_and(|lease| lease.sid == *sid && pod.is_none_or(|p| lease.pod == p))
+    });
+    match current {
+        Some(e) if ours => kv.delete_expect_revision(k, Some(e.revision)).await.is_ok(),
+        _ => true,
+    }
+}
+
 impl RoleLeases for ClusterRoles {
     fn claim<'a>(&'a self, record: &'a SessionRecord) -> BoxFuture<'a, Result<(), LeaseError>> {
         Box::pin(self.claim_now(record))
@@ -502,20 +601,19 @@ impl RoleLeases for ClusterRoles {
                 }
                 // A renewal may have moved the revision meanwhile: delete
                 // what is there if it is still this session's.
-                let current = kv.entry(k.clone()).await.ok().flatten();
-                let ours = current.as_ref().is_some_and(|e| {
-                    serde_json::from_slice::<Lease>(&e.value)
-                        .is_ok_and(|lease| lease.sid == sid && lease.pod == pod)
-                });
-                let deleted = match current {
-                    Some(e) if ours => kv.delete_expect_revision(&k, Some(e.revision)).await.is_ok(),
-                    _ => true,
-                };
-                if !deleted {
+                if !delete_lease_of(&kv, &k, &sid, Some(&pod)).await {
                     tracing::debug!(org = %held.org, key = %k, "role lease not deleted; it lapses on its own");
                 }
             }
         });
+    }
+
+    fn ask<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+        ask: Ask,
+    ) -> BoxFuture<'a, Result<SessionInfo, LeaseError>> {
+        Box::pin(self.ask_now(record, ask))
     }
 
     fn park<'a>(&'a self, org: &'a OrgId, sid: &'a Sid, frames: &'a [PreparedFrame]) -> BoxFuture<'a, bool> {

@@ -128,9 +128,9 @@ impl Accounts {
             .await
             .map_err(|e| AccountError::Nats(format!("cannot follow org {org}'s publisher events: {e}")))?;
         let asked = client
-            .subscribe(subjects::PRESENCE)
+            .subscribe(subjects::QUESTIONS)
             .await
-            .map_err(|e| nats_error("cannot answer presence requests", e))?;
+            .map_err(|e| nats_error("cannot answer other pods' questions", e))?;
         // A round trip, so the subscription is live on the server before
         // anyone is told the org is open (NATS.md, trap 7).
         let _ = tokio::time::timeout(NATS_TIMEOUT, client.request(subjects::PING, "".into())).await;
