@@ -265,6 +265,11 @@ impl Server {
         if tokio::time::timeout(left(), http.wait()).await.is_err() {
             tracing::warn!("some HTTP requests did not finish within the grace period");
         }
+        // The sessions this pod still hosts stay for their operators to take
+        // to another pod (records, leases and parked frames are kept).
+        if let Some(roles) = &self.roles {
+            roles.leave();
+        }
         self.tree.stop().await;
         tracing::info!("stopped");
     }

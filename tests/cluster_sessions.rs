@@ -344,3 +344,32 @@ async fn a_session_whose_pod_was_killed_is_ended_through_another_at_once() {
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_outlives_the_graceful_shutdown_of_its_pod() {
+    let nats = Nats::start().await;
+    let processes = ProcessPods::new(&nats, |_| {});
+    let mut leaving = processes.serve();
+    let (status, minted) = processes.mint(&leaving, "acme", &["main-ai"]).await;
+    assert_eq!(status, 201);
+    let session = Session {
+        sid: minted["sid"].as_str().unwrap().into(),
+        token: minted["token"].as_str().unwrap().into(),
+    };
+    let staying = cluster(&nats, 1, |_| {}).await.remove(0);
+    let mut client = Client::connect_all(&staying, "acme").await;
+    client
+        .send(json!({"type": "send", "id": 1, "to": "role:main-ai", "data": "while you were out"}))
+        .await;
+    client.ack(1).await;
+    // A rollout: the pod hosting it is told to stop, and stops.
+    common::process::sigterm(&leaving.child);
+    assert!(common::process::wait_exit(&mut leaving.child).success());
+    let mut op = Client::operator(&staying, &session).await;
+    receives(&mut op, json!("while you were out")).await;
+    assert_eq!(
+        mint(&staying, "acme", &["main-ai"]).await.0,
+        409,
+        "its role moved with it"
+    );
+}

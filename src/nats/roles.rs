@@ -80,6 +80,9 @@ pub struct ClusterRoles {
     held: Mutex<HashMap<Sid, Held>>,
     /// Frames for sessions whose operator is away.
     parking: Arc<Parking>,
+    /// This pod is shutting down: its sessions end here but live on for
+    /// other pods to adopt.
+    leaving: std::sync::atomic::AtomicBool,
 }
 
 fn key(org: &OrgId, role: &RoleName) -> String {
@@ -141,6 +144,7 @@ impl ClusterRoles {
             services: OnceLock::new(),
             held: Mutex::new(HashMap::new()),
             parking: Arc::new(Parking::new(Arc::clone(&pool), RECORD_TTL.max(lease))),
+            leaving: std::sync::atomic::AtomicBool::new(false),
             pool,
         }))
     }
@@ -478,6 +482,15 @@ impl ClusterRoles {
         }
     }
 
+    /// This pod is going away (a rollout, a scale-down): from now on a
+    /// session ending here stops being answered for here, and nothing
+    /// more. Its record and parked frames stay and its leases lapse unless
+    /// another pod adopts it first, so its operator, reconnecting to any
+    /// other pod, carries on.
+    pub fn leave(&self) {
+        self.leaving.store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Renews this pod's leases every third of the lease, until cancelled.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(self.lease / 3);
@@ -565,6 +578,9 @@ impl RoleLeases for ClusterRoles {
             return;
         };
         held.inbox.abort();
+        if self.leaving.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let (kv, records, sid, pod, parking) = (
             self.kv.clone(),
             self.records.clone(),
