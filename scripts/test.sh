@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with the Rust toolchain:
-# installs what the tests need (nats-server and Node.js from Debian's
-# packages, schemathesis, nats-py and nkeys from PyPI, the SDK's build tools
-# from npm), then checks formatting and lints and runs every test in the
-# workspace and the JavaScript SDK's.
+# installs what the tests need (nats-server, Node.js, kubectl and HAProxy
+# from Debian's packages, schemathesis, nats-py and nkeys from PyPI, the
+# SDK's build tools and the manifests' schemas from npm), then checks
+# formatting and lints and runs every test in the workspace and the
+# JavaScript SDK's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,10 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 # The demo's end-to-end tests drive Debian's Chromium (clients/js/test/demo.test.mjs).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# `kubectl kustomize` renders deploy/ (tests/deploy.rs); HAProxy stands in
+# for a Kubernetes Service in the rolling-restart test (tests/rollout.rs).
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -34,6 +39,9 @@ fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
+
+# The Kubernetes API schemas the manifests are validated against, offline.
+(cd deploy/test && npm ci --silent --no-audit --no-fund)
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

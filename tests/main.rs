@@ -15,6 +15,7 @@ mod cluster_pods;
 mod cluster_registry;
 mod cluster_sessions;
 mod cluster_stream;
+mod deploy;
 mod echo_agent;
 mod fanout;
 mod http_api;

@@ -36,8 +36,40 @@ pub const NATS_ACCOUNTS_MADE: &str = "switchboard_nats_accounts_made_total";
 pub const PUBLISHER_EVENTS: &str = "switchboard_nats_publisher_events_total";
 pub const NATS_CONNECTED: &str = "switchboard_nats_connected";
 
-/// Registers descriptions so `/metrics` documents itself.
+/// Registers descriptions so `/metrics` documents itself, and puts the
+/// unlabelled series at zero so a dashboard shows 0, not "no data", before
+/// the first event (deploy/grafana).
 pub fn describe() {
+    for name in [
+        CONNECTIONS_OPENED,
+        CONNECTION_PANICS,
+        MESSAGES_IN,
+        DELIVERIES,
+        DELIVERED_BYTES,
+        SLOW_CONSUMERS,
+        GAP_FRAMES,
+        ORG_RESTARTS,
+        SESSION_RESTARTS,
+        FRAMES_ROUTED,
+        FRAMES_REFUSED,
+        TURNS_STARTED,
+        TOKENS,
+        ROLLUP_SAVED,
+    ] {
+        counter!(name).increment(0);
+    }
+    for name in [
+        CONNECTIONS,
+        SUBSCRIPTIONS,
+        QUEUE_BYTES,
+        HISTORY_CHANNELS,
+        ORG_ACTORS,
+        ATTACHED_CHANNELS,
+        SESSIONS,
+        SESSIONS_CONNECTED,
+    ] {
+        gauge!(name).increment(0.0);
+    }
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(CONNECTIONS, "Client WebSocket connections open now");
     describe_counter!(CONNECTIONS_OPENED, "Client WebSocket connections accepted");

@@ -98,6 +98,15 @@ pub enum NatsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Print what `init` wrote as the Secret and ConfigMap of deploy/overlays/cluster (for `kubectl apply -f -`)
+    Kubernetes {
+        /// The directory `nats init --out` wrote
+        #[arg(long)]
+        dir: PathBuf,
+        /// Namespace to put them in (default: kubectl's)
+        #[arg(long)]
+        namespace: Option<String>,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -125,6 +134,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("system account  {}", made.system_account);
             println!("broker account  {}", made.broker_account);
             println!("start NATS:     nats-server -c {}", made.conf.display());
+            Ok(())
+        }
+        Command::Nats(NatsCommand::Kubernetes { dir, namespace }) => {
+            let list = crate::nats::kube::manifests(&dir, namespace.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&list)?);
             Ok(())
         }
         Command::Token {

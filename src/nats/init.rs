@@ -2,8 +2,10 @@
 //! operator mode needs before Switchboard can provision org accounts on it.
 //!
 //! Written into DIR: `operator.jwt`, `sys-account.jwt`, `broker-account.jwt`
-//! (public), `nats-server.conf` (full resolver with both accounts preloaded,
-//! JetStream on, no WebSocket listener), and, readable by their owner only,
+//! (public), `accounts.conf` (the trusted operator, the system account and
+//! both accounts preloaded, with no path in it: any nats-server config can
+//! include it, see `deploy/nats`), `nats-server.conf` (includes it; full
+//! resolver, JetStream on, no WebSocket listener), and, readable by their owner only,
 //! the operator's identity and signing seeds, the `sys.creds` and
 //! `broker.creds` of the users Switchboard connects as, and the master key
 //! the cluster's registry is sealed with.
@@ -25,6 +27,8 @@ pub mod files {
     pub const SYS_CREDS: &str = "sys.creds";
     pub const BROKER_CREDS: &str = "broker.creds";
     pub const SERVER_CONF: &str = "nats-server.conf";
+    /// The operator and preloaded accounts, for any nats-server config to include.
+    pub const ACCOUNTS_CONF: &str = "accounts.conf";
     /// The registry's master key every pod of the cluster shares.
     pub const MASTER_KEY: &str = crate::registry::MASTER_KEY_FILE;
 }
@@ -119,15 +123,15 @@ pub fn init(o: &InitOptions) -> anyhow::Result<Made> {
     )?;
     let (_, master) = crate::registry::seal::MasterKey::generate()?;
     private(files::MASTER_KEY, &format!("{master}\n"))?;
-    let conf = server_conf(
-        &dir,
-        o,
+    let accounts = accounts_conf(
+        &operator_jwt,
         &sys.public_key(),
         &sys_jwt,
         &broker.public_key(),
         &broker_jwt,
     );
-    public(files::SERVER_CONF, &conf)?;
+    public(files::ACCOUNTS_CONF, &accounts)?;
+    public(files::SERVER_CONF, &server_conf(&dir, o))?;
     Ok(Made {
         operator: operator.public_key(),
         system_account: sys.public_key(),
@@ -136,28 +140,30 @@ pub fn init(o: &InitOptions) -> anyhow::Result<Made> {
     })
 }
 
-fn server_conf(
-    dir: &Path,
-    o: &InitOptions,
-    sys: &str,
-    sys_jwt: &str,
-    broker: &str,
-    broker_jwt: &str,
-) -> String {
+/// The operator (inline: nats-server takes a JWT where it takes its file),
+/// the system account and the preloaded accounts.
+fn accounts_conf(operator_jwt: &str, sys: &str, sys_jwt: &str, broker: &str, broker_jwt: &str) -> String {
+    format!(
+        "# Made by `switchboard nats init`: the trusted operator and the accounts\n\
+         # every server of the deployment preloads (org accounts are pushed to\n\
+         # the full resolver at run time). Public keys and signed JWTs only.\n\
+         operator: \"{operator_jwt}\"\n\
+         system_account: {sys}\n\
+         resolver_preload: {{\n  {sys}: \"{sys_jwt}\"\n  {broker}: \"{broker_jwt}\"\n}}\n"
+    )
+}
+
+fn server_conf(dir: &Path, o: &InitOptions) -> String {
     let d = dir.display();
     format!(
         "# nats-server configuration made by `switchboard nats init` (operator mode).\n\
-         # Org accounts are pushed to the full resolver at run time; the system and\n\
-         # broker accounts are preloaded.\n\
          port: {port}\n\
          http_port: {http}\n\
-         operator: \"{d}/{op}\"\n\
-         system_account: {sys}\n\
+         include \"{accounts}\"\n\
          jetstream: {{ store_dir: \"{d}/js\", max_memory_store: 256MB, max_file_store: 2GB }}\n\
-         resolver: {{ type: full, dir: \"{d}/jwt\", allow_delete: true, interval: \"2m\", timeout: \"1.9s\" }}\n\
-         resolver_preload: {{\n  {sys}: \"{sys_jwt}\"\n  {broker}: \"{broker_jwt}\"\n}}\n",
+         resolver: {{ type: full, dir: \"{d}/jwt\", allow_delete: true, interval: \"2m\", timeout: \"1.9s\" }}\n",
         port = o.port,
         http = o.http_port,
-        op = files::OPERATOR_JWT,
+        accounts = files::ACCOUNTS_CONF,
     )
 }

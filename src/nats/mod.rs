@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod ingest;
 pub mod init;
 pub mod jwt;
+pub mod kube;
 pub mod live;
 pub mod parking;
 pub mod presence;
