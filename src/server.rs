@@ -237,9 +237,15 @@ impl Server {
         let deadline = tokio::time::Instant::now() + grace;
         self.app.ready.store(false, Ordering::Release);
         drop(self.listener);
+        self.app.services.sessions.drain().await;
         // Agent replies in flight get the grace period to finish before
-        // their watchers are sent away.
-        while self.app.services.sessions.live_turns() > 0 && tokio::time::Instant::now() < deadline {
+        // their watchers are sent away; each operator socket goes once its
+        // session has no live turn (a turn may start until its session has
+        // taken the drain in: so wait for the sockets, not for no turn now).
+        let sessions = &self.app.services.sessions;
+        while (sessions.live_turns() > 0 || sessions.connected().await > 0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(TURN_DRAIN_POLL).await;
         }
         if self.app.services.sessions.live_turns() > 0 {

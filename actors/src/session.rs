@@ -80,6 +80,10 @@ pub enum SessionMsg {
     TurnGrace(u64),
     /// Sent to itself: emit a turn's rolled-up text.
     Flush(TurnId),
+    /// The pod is shutting down: the socket goes (1001, so the operator
+    /// reconnects to another pod) as soon as no turn of it is live, so no
+    /// turn is cut short.
+    Drain,
 }
 
 pub struct SessionArgs {
@@ -174,6 +178,8 @@ pub struct SessionState {
     /// Frames may be parked for it (by this pod or another): the next
     /// socket gets them first.
     parked: bool,
+    /// The pod is shutting down ([`SessionMsg::Drain`]).
+    draining: bool,
     buffer: Buffer,
     turns: std::collections::HashMap<TurnId, LiveTurn>,
 }
@@ -301,6 +307,16 @@ impl SessionState {
         }
     }
 
+    /// Draining, with no live turn: its socket leaves now.
+    fn close_if_drained(&self) {
+        if self.draining
+            && self.turns.is_empty()
+            && let Some((_, sink)) = &self.socket
+        {
+            sink.close(CloseReason::GoingAway);
+        }
+    }
+
     fn away_since(&self, generation: u64) -> bool {
         self.socket.is_none() && self.generation == generation
     }
@@ -337,6 +353,7 @@ impl Actor for OperatorSession {
             leases: args.leases,
             // Adopted from another pod, it may have left frames.
             parked: true,
+            draining: false,
             buffer: Buffer::default(),
             turns,
         };
@@ -378,6 +395,11 @@ impl Actor for OperatorSession {
             SessionMsg::FromOperator(frame, reply) => {
                 state.on_operator_frame(&me, frame).await;
                 let _ = reply.send(());
+                state.close_if_drained();
+            }
+            SessionMsg::Drain => {
+                state.draining = true;
+                state.close_if_drained();
             }
             SessionMsg::Info(reply) => {
                 let _ = reply.send(SessionInfo {

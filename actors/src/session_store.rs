@@ -50,6 +50,11 @@ impl SessionStore {
         self.records.remove(sid).is_some()
     }
 
+    /// Every session of this pod.
+    pub(crate) fn sids(&self) -> Vec<Sid> {
+        self.records.iter().map(|r| r.sid.clone()).collect()
+    }
+
     /// Live turns across every session of this pod.
     pub fn live_turns(&self) -> usize {
         self.records.iter().map(|r| r.turns.len()).sum()

@@ -54,6 +54,30 @@ impl Sessions {
         }
     }
 
+    /// The pod is shutting down: each operator socket closes (1001) as soon
+    /// as its session has no live turn.
+    pub async fn drain(&self) {
+        for sid in self.store.sids() {
+            if let Some(session) = self.actor(&sid).await {
+                let _ = session.cast(SessionMsg::Drain);
+            }
+        }
+    }
+
+    /// Operator sockets attached on this pod now (draining waits for their
+    /// sessions to let them go).
+    pub async fn connected(&self) -> usize {
+        let mut connected = 0;
+        for sid in self.store.sids() {
+            if let Some(session) = self.actor(&sid).await
+                && ractor::call!(session, SessionMsg::Info).is_ok_and(|i| i.connected)
+            {
+                connected += 1;
+            }
+        }
+        connected
+    }
+
     /// Turns streaming on this pod now (draining waits for them).
     pub fn live_turns(&self) -> usize {
         self.store.live_turns()

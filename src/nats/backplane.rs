@@ -292,11 +292,9 @@ impl NatsBackplane {
             let hub = &self.hub;
             let result = feed
                 .run(|part, m| {
-                    let (frame, ended) = turns::live_frame(&key.channel, part, &m);
-                    if let Some(frame) = frame {
+                    if let Some(frame) = turns::live_frame(&key.channel, part, &m) {
                         hub.deliver(&key, m.offset, &frame);
                     }
-                    ended
                 })
                 .await;
             if let Err(e) = result {

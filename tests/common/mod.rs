@@ -2,6 +2,7 @@
 //! client that speaks the protocol, and bounded waits.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod haproxy;
 pub mod nats;
 pub mod process;
 

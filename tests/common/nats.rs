@@ -188,6 +188,20 @@ impl ProcessPods {
         super::process::serve(self.dir.path(), &["--config", self.config.to_str().unwrap()])
     }
 
+    /// A pod listening on `listen` (a slot a load balancer knows).
+    pub fn serve_at(&self, listen: &str) -> super::process::Serve {
+        super::process::serve_at(
+            self.dir.path(),
+            listen,
+            &["--config", self.config.to_str().unwrap()],
+        )
+    }
+
+    /// The API key of `org`, as the config holds it.
+    pub fn key(&self, org: &str) -> &str {
+        &self.keys[super::ORGS.iter().position(|o| *o == org).unwrap()]
+    }
+
     /// `POST /v1/operators` on `pod` with `org`'s key: (status, body).
     pub async fn mint(&self, pod: &super::process::Serve, org: &str, roles: &[&str]) -> (u16, Value) {
         let key = &self.keys[super::ORGS.iter().position(|o| *o == org).unwrap()];

@@ -31,9 +31,14 @@ impl Drop for Serve {
 }
 
 pub fn serve(dir: &Path, args: &[&str]) -> Serve {
+    serve_at(dir, "127.0.0.1:0", args)
+}
+
+/// As [`serve`], listening on `listen`.
+pub fn serve_at(dir: &Path, listen: &str, args: &[&str]) -> Serve {
     let mut child = Command::new(BIN)
         .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--listen", listen, "--log-format", "json"])
         .args(args)
         .current_dir(dir)
         .stderr(Stdio::piped())

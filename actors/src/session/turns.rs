@@ -196,6 +196,11 @@ impl SessionState {
         channel: ChannelName,
         rollup_ms: Option<u32>,
     ) {
+        if self.draining {
+            // Its socket is closing: the operator starts it again on the
+            // pod it reconnects to.
+            return self.refuse(id, ErrorCode::Unavailable, "this pod is shutting down; reconnect");
+        }
         if self.turns.contains_key(&turn) {
             return self.refuse(id, ErrorCode::Conflict, format!("turn {turn} is already live"));
         }

@@ -1,0 +1,88 @@
+//! Pods publishing into one channel at once (cluster mode, a real
+//! nats-server): nats-server republishes a stored message after it lets go
+//! of the stream, so copies of messages stored concurrently can arrive
+//! swapped; a channel's feed still delivers each message once, in offset
+//! order.
+
+use crate::common;
+
+use std::sync::Arc;
+
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use common::nats::*;
+use switchboard::nats::live::Feed;
+use switchboard::nats::stream::OrgStream;
+use switchboard_actors::HistoryLimits;
+use switchboard_proto::{ChannelName, OrgId, TurnId, subjects};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_delivers_in_offset_order_what_pods_publish_at_once() {
+    let nats = Nats::start().await;
+    let pods = cluster(&nats, 3, |_| {}).await;
+    let acme = OrgId::new("acme").unwrap();
+    let chat = ChannelName::new("chat.race").unwrap();
+    // One connection per pod: nats-server handles each one's publishes on
+    // its own, concurrently with the others'.
+    let mut streams = Vec::new();
+    for pod in &pods {
+        let client = pod.app.accounts.as_ref().unwrap().open(&acme).await.unwrap();
+        streams.push(Arc::new(
+            OrgStream::open(client, HistoryLimits::default()).await.unwrap(),
+        ));
+    }
+    let link = pods[0]
+        .app
+        .accounts
+        .as_ref()
+        .unwrap()
+        .open_conn(&acme)
+        .await
+        .unwrap();
+    let mut feed = Feed::start(&link, streams[0].clone(), &chat, None).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let following = tokio::spawn(async move {
+        feed.run(move |_, m| {
+            let _ = tx.send(m.offset);
+        })
+        .await
+    });
+    const EACH: usize = 1000;
+    let publishers: Vec<_> = streams
+        .iter()
+        .enumerate()
+        .map(|(p, stream)| {
+            let (stream, chat) = (stream.clone(), chat.clone());
+            tokio::spawn(async move {
+                // The channel's messages and a turn's events: two subjects.
+                let turn = subjects::turn(&chat, &TurnId::new(&format!("t{p}")).unwrap());
+                let mut offsets = Vec::with_capacity(EACH);
+                for n in 0..EACH {
+                    let payload = Bytes::from(format!("{p}.{n}"));
+                    let offset = if n % 2 == 0 {
+                        stream.publish_message(&chat, payload).await.unwrap()
+                    } else {
+                        let message = PublishMessage::build().payload(payload);
+                        stream.publish(turn.clone(), message).await.unwrap().unwrap()
+                    };
+                    offsets.push(offset);
+                }
+                offsets
+            })
+        })
+        .collect();
+    let mut published = Vec::new();
+    for p in publishers {
+        published.extend(p.await.unwrap());
+    }
+    published.sort_unstable();
+    let mut delivered = Vec::with_capacity(published.len());
+    while delivered.len() < published.len() {
+        let next = tokio::time::timeout(common::PATIENCE, rx.recv()).await;
+        delivered.push(next.expect("every message in time").unwrap());
+    }
+    following.abort();
+    let swapped: Vec<_> = delivered.windows(2).filter(|w| w[1] <= w[0]).collect();
+    assert!(swapped.is_empty(), "delivered out of offset order: {swapped:?}");
+    assert_eq!(delivered, published, "each once");
+}
