@@ -122,6 +122,7 @@ async fn the_live_feed_delivers_once_in_order_and_repairs_a_gap() {
     let task = tokio::spawn(async move {
         feed.run(move |_, m| {
             let _ = tx.send(m);
+            None
         })
         .await
     });
@@ -431,6 +432,7 @@ async fn cut_feed(told: bool, after: u32) -> (Vec<u64>, Vec<u64>) {
     let task = tokio::spawn(async move {
         feed.run(move |_, m| {
             let _ = tx.send(m.offset);
+            None
         })
         .await
     });

@@ -292,9 +292,11 @@ impl NatsBackplane {
             let hub = &self.hub;
             let result = feed
                 .run(|part, m| {
-                    if let Some(frame) = turns::live_frame(&key.channel, part, &m) {
+                    let (frame, ended) = turns::live_frame(&key.channel, part, &m);
+                    if let Some(frame) = frame {
                         hub.deliver(&key, m.offset, &frame);
                     }
+                    ended
                 })
                 .await;
             if let Err(e) = result {

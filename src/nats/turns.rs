@@ -147,12 +147,13 @@ pub fn history_frame(channel: &ChannelName, m: &Stored) -> Option<PreparedFrame>
     Some(PreparedFrame::turn(channel, m.offset, event))
 }
 
-/// The frame live subscribers get for a stored message. Checkpoints carry
-/// nothing new: `None`.
-pub fn live_frame(channel: &ChannelName, part: &Part, m: &Stored) -> Option<PreparedFrame> {
+/// The frame live subscribers get for a stored message, and the turn it
+/// finished, if it did (its subject's ordering state can go). Checkpoints
+/// carry nothing new: `None`.
+pub fn live_frame(channel: &ChannelName, part: &Part, m: &Stored) -> (Option<PreparedFrame>, Option<TurnId>) {
     match part {
         Part::Messages => match decode_finished(m) {
-            None => history_frame(channel, m),
+            None => (history_frame(channel, m), None),
             Some(f) => {
                 let event = match f.status {
                     TurnStatus::Done => TurnEvent::End { turn: &f.turn },
@@ -162,16 +163,21 @@ pub fn live_frame(channel: &ChannelName, part: &Part, m: &Stored) -> Option<Prep
                         message: f.message.as_deref(),
                     },
                 };
-                Some(PreparedFrame::turn(channel, m.offset, event))
+                (
+                    Some(PreparedFrame::turn(channel, m.offset, event)),
+                    Some(f.turn.clone()),
+                )
             }
         },
-        Part::Turn(turn) => match kind(m) {
-            Some("start") => Some(PreparedFrame::turn(channel, m.offset, TurnEvent::Start { turn })),
-            Some("token") => {
-                text(m).map(|text| PreparedFrame::turn(channel, m.offset, TurnEvent::Token { turn, text }))
-            }
-            _ => None,
-        },
+        Part::Turn(turn) => {
+            let frame = match kind(m) {
+                Some("start") => Some(PreparedFrame::turn(channel, m.offset, TurnEvent::Start { turn })),
+                Some("token") => text(m)
+                    .map(|text| PreparedFrame::turn(channel, m.offset, TurnEvent::Token { turn, text })),
+                _ => None,
+            };
+            (frame, None)
+        }
     }
 }
 
@@ -286,17 +292,19 @@ mod tests {
             ),
             (Some("turn"), Some("Hi"), Some(9))
         );
-        let frame = live_frame(&chat, &Part::Messages, &m);
+        let (frame, ended) = live_frame(&chat, &Part::Messages, &m);
         let live: serde_json::Value = serde_json::from_slice(&frame.unwrap().payload()).unwrap();
         assert_eq!(live["type"], "turn_end");
+        assert_eq!(ended, Some(turn.clone()));
         assert_eq!(finished_turns(&[m]).collect::<Vec<_>>(), vec![turn.clone()]);
         let plain = Stored {
             offset: 2,
             headers: None,
             payload: Bytes::from_static(b"{\"a\":1}"),
         };
-        assert!(live_frame(&chat, &Part::Messages, &plain).is_some());
-        let frame = live_frame(&chat, &Part::Turn(turn), &stored(4, checkpoint(1, "x")));
+        let (frame, ended) = live_frame(&chat, &Part::Messages, &plain);
+        assert!(frame.is_some() && ended.is_none());
+        let (frame, _) = live_frame(&chat, &Part::Turn(turn), &stored(4, checkpoint(1, "x")));
         assert!(frame.is_none(), "checkpoints are not news");
     }
 }
