@@ -98,3 +98,53 @@ async fn a_feed_delivers_in_offset_order_what_pods_publish_at_once() {
     assert!(swapped.is_empty(), "delivered out of offset order: {swapped:?}");
     assert_eq!(delivered, published, "each once");
 }
+
+/// A burst of publishes from one connection: sent without waiting for each
+/// to be stored, answered in request order, stored in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_publishes_is_pipelined_and_answered_in_order() {
+    let nats = Nats::start().await;
+    let pods = cluster(&nats, 2, |c| c.limits.publish_rate = Some(0)).await;
+    let mut watcher = common::Client::connect_all(&pods[1], "acme").await;
+    watcher.subscribe(1, "burst").await;
+    let token = common::token("acme", "p", &[">"], &["burst"]);
+    let mut publisher = common::Client::connect(&pods[0], &token).await;
+    const N: u64 = 500;
+    // Request 250 is refused (not a channel it may publish on): its error
+    // comes between the acks of 249 and 251.
+    publisher
+        .pipeline((1..=N).map(|i| {
+            let channel = if i == 250 { "elsewhere" } else { "burst" };
+            serde_json::json!({"type": "publish", "id": i, "channel": channel, "data": i})
+        }))
+        .await;
+    let mut offsets = Vec::new();
+    for i in 1..=N {
+        match publisher.next().await {
+            switchboard_proto::ServerFrame::Ack(ack) => {
+                assert_eq!(
+                    ack.id,
+                    switchboard_proto::RequestId::Num(i),
+                    "replies in request order"
+                );
+                offsets.push(ack.offset.unwrap());
+            }
+            switchboard_proto::ServerFrame::Error { id, code, .. } => {
+                assert_eq!((i, id), (250, Some(switchboard_proto::RequestId::Num(250))));
+                assert_eq!(code, switchboard_proto::ErrorCode::Forbidden);
+            }
+            other => panic!("expected a reply to {i}, got {}", other.to_json()),
+        }
+    }
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "stored in request order");
+    for (i, offset) in (1..=N).filter(|i| *i != 250).zip(&offsets) {
+        match watcher.channel_event().await {
+            switchboard_proto::ServerFrame::Message {
+                offset: got, data, ..
+            } => {
+                assert_eq!((got, data.get()), (*offset, i.to_string().as_str()));
+            }
+            other => panic!("expected message {i}, got {}", other.to_json()),
+        }
+    }
+}

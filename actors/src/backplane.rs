@@ -76,6 +76,14 @@ pub enum Event<'a> {
     },
 }
 
+/// A message sent on its way ([`Backplane::send`]).
+pub enum Sent {
+    /// Stored already.
+    Stored(Published),
+    /// Stored once this resolves (where, or why not).
+    Pending(BoxFuture<'static, Result<Published, BackplaneError>>),
+}
+
 /// Orders each channel's messages and brings them to every pod's hub.
 pub trait Backplane: Send + Sync + 'static {
     /// Assigns the event its offset, stores it in history and delivers it
@@ -87,6 +95,23 @@ pub trait Backplane: Send + Sync + 'static {
         key: &'a ChannelKey,
         event: Event<'a>,
     ) -> BoxFuture<'a, Result<Published, BackplaneError>>;
+
+    /// Whether [`Backplane::send`] lets messages be in flight together
+    /// (a connection then sends a burst without waiting for each one).
+    fn pipelines(&self) -> bool {
+        false
+    }
+
+    /// Sends a plain message on its way: messages sent one after another
+    /// are stored in that order, each found where its [`Sent`] says. By
+    /// default it is stored before this returns.
+    fn send<'a>(
+        &'a self,
+        key: &'a ChannelKey,
+        data: &'a RawValue,
+    ) -> BoxFuture<'a, Result<Sent, BackplaneError>> {
+        Box::pin(async move { self.publish(key, Event::Message(data)).await.map(Sent::Stored) })
+    }
 
     /// Starts bringing `key`'s messages to this pod's hub. Called when the
     /// channel gets its first local subscriber, before its history is read,

@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use crate::backplane::{Backplane, BackplaneError, Event, History, HistoryRead, Position, Published};
+use serde_json::value::RawValue;
+
+use crate::backplane::{Backplane, BackplaneError, Event, History, HistoryRead, Position, Published, Sent};
 use crate::clock;
 use crate::hub::{ChannelKey, Hub};
 use crate::telemetry;
@@ -43,6 +45,40 @@ impl Channels {
             }
         }
         result
+    }
+
+    /// Sends a plain message on its way ([`Backplane::send`]): several may
+    /// be in flight when the backplane pipelines.
+    pub async fn send(&self, key: &ChannelKey, data: &RawValue) -> Result<Sent, BackplaneError> {
+        if !self.backplane.pipelines() {
+            return self.publish(key, Event::Message(data)).await.map(Sent::Stored);
+        }
+        let started = clock::now();
+        let refused = |key: &ChannelKey, e: &BackplaneError| {
+            telemetry::publish_refused(e.code());
+            log_unavailable(key, "publish", e);
+        };
+        match self.backplane.send(key, data).await {
+            Ok(Sent::Pending(stored)) => {
+                let key = key.clone();
+                Ok(Sent::Pending(Box::pin(async move {
+                    let result = stored.await;
+                    match &result {
+                        Ok(_) => telemetry::published(started),
+                        Err(e) => refused(&key, e),
+                    }
+                    result
+                })))
+            }
+            Ok(Sent::Stored(published)) => {
+                telemetry::published(started);
+                Ok(Sent::Stored(published))
+            }
+            Err(e) => {
+                refused(key, &e);
+                Err(e)
+            }
+        }
     }
 
     /// Reads the channel's history from `from`, at most `limit` messages.

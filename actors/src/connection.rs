@@ -15,10 +15,12 @@ use switchboard_proto::{
     Subject,
 };
 
-use crate::backplane::{BoxFuture, Event, Position};
+use crate::backplane::Sent;
+use crate::backplane::{BackplaneError, BoxFuture, Position};
 use crate::channels::Channels;
 use crate::clock::{Instant, RateLimiter, rate_limiter, spent};
 use crate::hub::{HubError, Live, Offsetted};
+use crate::in_flight::InFlight;
 use crate::leases::Forwarded;
 use crate::limits::{REFUSAL_BURST, REFUSAL_RATE};
 use crate::link::{FrameHandler, Supervised};
@@ -117,6 +119,8 @@ pub struct Connection {
     pause: Cell<Option<Instant>>,
     /// A refusal was sent past its budget: it is charged once the budget refills.
     refusal_owed: Cell<bool>,
+    /// Publishes sent and not yet stored; their replies come first.
+    in_flight: InFlight,
     services: Arc<Services>,
 }
 
@@ -137,6 +141,7 @@ impl Connection {
             subscribes: rate_limiter(limits.subscribe_rate, limits.subscribe_burst),
             refusals: rate_limiter(REFUSAL_RATE, REFUSAL_BURST),
             pause: Cell::new(None),
+            in_flight: InFlight::default(),
             refusal_owed: Cell::new(false),
             shared: Arc::new(ConnShared {
                 id,
@@ -173,7 +178,25 @@ impl Connection {
         due.is_some()
     }
 
+    /// Writes the replies of every publish in flight, in order.
+    async fn settle_all(&mut self) {
+        while let Some(reply) = self.in_flight.next().await {
+            self.write_settled(reply);
+        }
+    }
+
+    fn write_settled(&self, reply: Result<ServerFrame, (RequestId, BackplaneError)>) {
+        match reply {
+            Ok(ack) => self.reply(ack),
+            Err((id, e)) => self.refuse(Some(id), e.code(), e.public_message()),
+        }
+    }
+
     async fn on_frame(&mut self, frame: ClientFrame) {
+        // Replies go out in request order: a publish in flight answers first.
+        if !self.in_flight.is_empty() && !matches!(frame, ClientFrame::Publish { .. }) {
+            self.settle_all().await;
+        }
         match frame {
             ClientFrame::Subscribe { id, channel, recover } => self.subscribe(id, channel, recover).await,
             ClientFrame::Unsubscribe { id, channel } => self.unsubscribe(id, channel),
@@ -336,6 +359,7 @@ impl Connection {
 
     async fn publish(&mut self, id: RequestId, channel: ChannelName, data: &RawValue) {
         if !self.grants.may_publish(&channel) {
+            self.settle_all().await;
             return self.refuse(
                 Some(id),
                 ErrorCode::Forbidden,
@@ -343,6 +367,7 @@ impl Connection {
             );
         }
         if self.limited(&self.publishes) {
+            self.settle_all().await;
             return self.refuse(
                 Some(id),
                 ErrorCode::RateLimited,
@@ -350,14 +375,29 @@ impl Connection {
             );
         }
         let key = self.shared.org.key(&channel);
-        match self.shared.channels.publish(&key, Event::Message(data)).await {
-            Ok(published) => self.reply(ServerFrame::Ack(Ack {
+        match self.shared.channels.send(&key, data).await {
+            Ok(Sent::Stored(published)) if self.in_flight.is_empty() => self.reply(ServerFrame::Ack(Ack {
                 channel: Some(channel),
                 offset: Some(published.offset),
                 epoch: Some(published.epoch),
                 ..Ack::new(id)
             })),
-            Err(e) => self.refuse(Some(id), e.code(), e.public_message()),
+            Ok(Sent::Stored(published)) => {
+                self.in_flight
+                    .push(id, channel, Box::pin(std::future::ready(Ok(published))));
+            }
+            Ok(Sent::Pending(stored)) => {
+                if self.in_flight.is_full()
+                    && let Some(reply) = self.in_flight.next().await
+                {
+                    self.write_settled(reply);
+                }
+                self.in_flight.push(id, channel, stored);
+            }
+            Err(e) => {
+                self.settle_all().await;
+                self.refuse(Some(id), e.code(), e.public_message());
+            }
         }
     }
 
@@ -440,11 +480,22 @@ fn frame_of((_, frame): &Offsetted) -> &switchboard_proto::PreparedFrame {
 }
 
 impl FrameHandler for Connection {
+    fn unsettled(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
+    fn settle(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.settle_all())
+    }
+
     fn on_text<'a>(&'a mut self, payload: &'a [u8]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             match ClientFrame::decode(payload) {
                 Ok(frame) => self.on_frame(frame).await,
-                Err(e) => self.refuse(e.id, e.code, e.message),
+                Err(e) => {
+                    self.settle_all().await;
+                    self.refuse(e.id, e.code, e.message)
+                }
             }
             // Back-pressure: the socket reads the next frame only after this.
             if let Some(until) = self.pause.take() {

@@ -36,6 +36,7 @@ pub mod clock;
 pub mod connection;
 pub mod connections;
 pub mod hub;
+mod in_flight;
 pub mod leases;
 pub mod limits;
 pub mod link;
@@ -50,7 +51,7 @@ pub mod sink;
 pub mod telemetry;
 pub mod tree;
 
-pub use backplane::{Backplane, BackplaneError, Event, History, HistoryRead, Position, Published};
+pub use backplane::{Backplane, BackplaneError, Event, History, HistoryRead, Position, Published, Sent};
 pub use channels::Channels;
 pub use connection::{Connection, Identity};
 pub use hub::{ChannelKey, Hub};

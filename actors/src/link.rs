@@ -19,6 +19,17 @@ pub trait FrameHandler: Send + 'static {
     /// done (it keeps writing meanwhile).
     fn on_text<'a>(&'a mut self, payload: &'a [u8]) -> BoxFuture<'a, ()>;
 
+    /// Whether replies wait on work in flight ([`FrameHandler::settle`]).
+    fn unsettled(&self) -> bool {
+        false
+    }
+
+    /// Writes the replies still waiting on work in flight; the socket calls
+    /// it once it has handled every frame it read.
+    fn settle(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// The socket's sink: replies go here, in order.
     fn sink(&self) -> &Arc<dyn Sink>;
 

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use switchboard_actors::backplane::BoxFuture;
 use switchboard_actors::{
     Backplane, BackplaneError, ChannelKey, Event, History, HistoryLimits, HistoryRead, Hub, Position,
-    Published,
+    Published, Sent,
 };
 use switchboard_proto::subjects::{self, Part};
 use switchboard_proto::{OrgId, TurnId, TurnStatus};
@@ -399,6 +399,30 @@ impl Backplane for NatsBackplane {
         event: Event<'a>,
     ) -> BoxFuture<'a, Result<Published, BackplaneError>> {
         Box::pin(self.publish_now(key, event))
+    }
+
+    fn pipelines(&self) -> bool {
+        true
+    }
+
+    fn send<'a>(
+        &'a self,
+        key: &'a ChannelKey,
+        data: &'a RawValue,
+    ) -> BoxFuture<'a, Result<Sent, BackplaneError>> {
+        Box::pin(async move {
+            let (_, stream) = self.stream(&key.org).await?;
+            let epoch = stream.epoch().clone();
+            let stored = stream
+                .send_message(&key.channel, Bytes::copy_from_slice(data.get().as_bytes()))
+                .await?;
+            Ok(Sent::Pending(Box::pin(async move {
+                Ok(Published {
+                    offset: stored.await?,
+                    epoch,
+                })
+            })))
+        })
     }
 
     fn attach<'a>(&'a self, key: &'a ChannelKey) -> BoxFuture<'a, Result<(), BackplaneError>> {

@@ -7,6 +7,7 @@
 //! [`super::live`] uses to find gaps. File storage: on nats-server 2.9 a
 //! memory stream with RePublish costs ~25× more server CPU (NATS.md).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -16,6 +17,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use switchboard_actors::backplane::BoxFuture;
 use switchboard_actors::{BackplaneError, HistoryLimits};
 use switchboard_proto::{ChannelName, Epoch, subjects};
 
@@ -209,6 +211,36 @@ impl OrgStream {
         )
         .await?
         .ok_or_else(|| unavailable("publish", "refused an expectation it did not carry"))
+    }
+
+    /// Sends a plain message on `channel` without waiting for the stream to
+    /// acknowledge it: what is sent one after another over this connection
+    /// is stored in that order. The returned future resolves to its offset;
+    /// an acknowledgement that does not come is retried as
+    /// [`OrgStream::publish`] does, under the same message id (a retry can
+    /// land after messages sent later: only when NATS failed).
+    pub async fn send_message(
+        self: &Arc<Self>,
+        channel: &ChannelName,
+        payload: Bytes,
+    ) -> Result<BoxFuture<'static, Result<u64, BackplaneError>>, BackplaneError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let subject = subjects::channel(channel);
+        let message = PublishMessage::build().payload(payload).message_id(&id);
+        let ack = self
+            .js
+            .send_publish(subject.clone(), message.clone())
+            .await
+            .map_err(|e| unavailable("publish", e))?;
+        let me = Arc::clone(self);
+        Ok(Box::pin(async move {
+            if let Ok(ack) = ack.await {
+                return Ok(ack.sequence);
+            }
+            me.publish_with_id(subject, message, &id)
+                .await?
+                .ok_or_else(|| unavailable("publish", "refused an expectation it did not carry"))
+        }))
     }
 
     /// Removes everything stored on `subject` (a finished turn's events).

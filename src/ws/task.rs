@@ -99,7 +99,13 @@ async fn handle_events<H: FrameHandler>(
 ) -> bool {
     loop {
         match reader.next_event() {
-            Ok(None) => return true,
+            Ok(None) => {
+                // A burst of publishes went out together: their replies now.
+                if conn.unsettled() {
+                    conn.settle().await;
+                }
+                return true;
+            }
             Ok(Some(Event::Text(payload))) => {
                 if reader.has_more() {
                     // Not the last frame of this read: coalesce what it publishes.
