@@ -22,5 +22,5 @@ for tool in nats-server haproxy; do
 done
 cargo test --release --locked --test integration --no-run >/dev/null 2>&1 || cargo test --release --locked --test integration --no-run
 ROLLOUT_STEADY_SECS="${ROLLOUT_STEADY_SECS:-20}" \
-  cargo test --release --locked --test integration rollout::bench -- --ignored --nocapture --test-threads 1 2>&1 |
+  cargo test --release --locked --test integration rollout:: -- --nocapture --test-threads 1 2>&1 |
   grep -E 'rollout: |delivery latency|panicked|test result'

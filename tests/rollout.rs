@@ -6,8 +6,8 @@
 //! Every acknowledged message reaches every subscriber once, in order, at
 //! its acknowledged offset; every turn an agent finished arrives whole;
 //! no operator session is lost. `benches/rollout.sh` runs the long version
-//! (`bench`, ignored here) and prints delivery latency during the roll
-//! against the steady run before it.
+//! and prints delivery latency during the roll against the steady run
+//! before it.
 
 use crate::common;
 
@@ -218,36 +218,32 @@ async fn roll(plan: Plan) {
     );
 }
 
+/// Short in the test suite; `benches/rollout.sh` sets `ROLLOUT_STEADY_SECS`
+/// for the long run it reports (20 subscribers, 4 publishers, 4 agents).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_behind_a_load_balancer_loses_nothing() {
-    roll(Plan {
-        steady: Duration::from_secs(2),
-        tail: Duration::from_secs(1),
-        subscribers: 3,
-        publishers: 2,
-        rate: 20,
-        agents: 2,
-        drain_delay_secs: 1,
-    })
-    .await;
-}
-
-/// The long run `benches/rollout.sh` reports (`ROLLOUT_STEADY_SECS`, default 20).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a benchmark: benches/rollout.sh"]
-async fn bench() {
-    let steady = std::env::var("ROLLOUT_STEADY_SECS")
+    let bench = std::env::var("ROLLOUT_STEADY_SECS")
         .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
-    roll(Plan {
-        steady: Duration::from_secs(steady),
-        tail: Duration::from_secs(5),
-        subscribers: 20,
-        publishers: 4,
-        rate: 50,
-        agents: 4,
-        drain_delay_secs: 2,
-    })
-    .await;
+        .and_then(|s| s.parse().ok());
+    let plan = match bench {
+        Some(steady) => Plan {
+            steady: Duration::from_secs(steady),
+            tail: Duration::from_secs(5),
+            subscribers: 20,
+            publishers: 4,
+            rate: 50,
+            agents: 4,
+            drain_delay_secs: 2,
+        },
+        None => Plan {
+            steady: Duration::from_secs(2),
+            tail: Duration::from_secs(1),
+            subscribers: 3,
+            publishers: 2,
+            rate: 20,
+            agents: 2,
+            drain_delay_secs: 1,
+        },
+    };
+    roll(plan).await;
 }

@@ -66,9 +66,9 @@ pub trait RoleLeases: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<SessionInfo, LeaseError>>;
 
     /// Keeps `frames` for the session `sid` while its operator is away,
-    /// where whichever pod it reconnects to finds them; false if they could
-    /// not all be kept (the caller keeps those it still has).
-    fn park<'a>(&'a self, org: &'a OrgId, sid: &'a Sid, frames: &'a [PreparedFrame]) -> BoxFuture<'a, bool>;
+    /// where whichever pod it reconnects to finds them; returns how many
+    /// of them, from the first, were kept (the caller keeps the rest).
+    fn park<'a>(&'a self, org: &'a OrgId, sid: &'a Sid, frames: &'a [PreparedFrame]) -> BoxFuture<'a, usize>;
 
     /// Takes what was parked for `sid`, oldest first.
     fn unpark<'a>(
@@ -109,8 +109,8 @@ impl RoleLeases for LocalOnly {
     }
 
     /// Its sessions keep their frames in memory: nobody else could take them.
-    fn park<'a>(&'a self, _: &'a OrgId, _: &'a Sid, _: &'a [PreparedFrame]) -> BoxFuture<'a, bool> {
-        Box::pin(async { false })
+    fn park<'a>(&'a self, _: &'a OrgId, _: &'a Sid, _: &'a [PreparedFrame]) -> BoxFuture<'a, usize> {
+        Box::pin(async { 0 })
     }
 
     fn unpark<'a>(

@@ -141,6 +141,13 @@ impl Buffer {
         self.frames.is_empty()
     }
 
+    /// Forgets the `n` oldest frames (kept elsewhere now).
+    fn drop_front(&mut self, n: usize) {
+        for frame in self.frames.drain(..n.min(self.frames.len())) {
+            self.bytes -= charge(&frame);
+        }
+    }
+
     /// Offers `first`, then everything buffered, then the gap notice; what
     /// the sink refuses stays buffered (it is closing, and will hand back
     /// what it took).
@@ -268,9 +275,9 @@ impl SessionState {
             return;
         }
         let frames: Vec<PreparedFrame> = self.buffer.frames.iter().cloned().collect();
-        if self.leases.park(&self.org, &self.sid, &frames).await {
-            self.buffer.frames.clear();
-            self.buffer.bytes = 0;
+        let parked = self.leases.park(&self.org, &self.sid, &frames).await;
+        if parked > 0 {
+            self.buffer.drop_front(parked);
             self.parked = true;
         }
     }
@@ -288,7 +295,8 @@ impl SessionState {
             && self
                 .leases
                 .park(&self.org, &self.sid, std::slice::from_ref(&frame))
-                .await;
+                .await
+                == 1;
         self.parked |= parked;
         if offered || parked || self.buffer.push(frame, self.limits.buffer_bytes) {
             counter!(telemetry::FRAMES_ROUTED).increment(1);
@@ -441,6 +449,22 @@ mod tests {
 
     fn payloads(sink: &MemorySink) -> Vec<u8> {
         sink.drain().iter().map(|f| f.payload()[0]).collect()
+    }
+
+    #[test]
+    fn frames_parked_elsewhere_leave_the_buffer_oldest_first() {
+        let mut buffer = Buffer::default();
+        for n in 1..=3 {
+            assert!(buffer.push(frame(n), room(3)));
+        }
+        buffer.drop_front(2);
+        assert_eq!(buffer.bytes, room(1));
+        assert!(buffer.push(frame(4), room(2)), "room again for what left");
+        let sink = MemorySink::new(room(10));
+        buffer.hand_over(&sink, Vec::new(), room(3));
+        assert_eq!(payloads(&sink), vec![3, 4]);
+        buffer.drop_front(5);
+        assert!(buffer.is_empty() && buffer.bytes == 0);
     }
 
     #[test]

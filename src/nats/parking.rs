@@ -78,26 +78,26 @@ impl Parking {
         Ok(stream)
     }
 
-    /// Stores `frames`, in order, for the session `sid`; false if any of
-    /// them was not stored (those before it were).
-    pub async fn park(&self, org: &OrgId, sid: &Sid, frames: &[PreparedFrame]) -> bool {
+    /// Stores `frames`, in order, for the session `sid`; returns how many,
+    /// from the first, were stored.
+    pub async fn park(&self, org: &OrgId, sid: &Sid, frames: &[PreparedFrame]) -> usize {
         let stream = match self.stream(org).await {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::debug!(%org, %sid, error = %e, "cannot park frames");
-                return false;
+                return 0;
             }
         };
         let subject = subjects::parked(sid);
-        for frame in frames {
+        for (n, frame) in frames.iter().enumerate() {
             let message = PublishMessage::build().payload(frame.payload());
             if let Err(e) = stream.publish(subject.clone(), message).await {
                 tracing::debug!(%org, %sid, error = %e, "cannot park a frame");
                 self.open.lock().remove(org);
-                return false;
+                return n;
             }
         }
-        true
+        frames.len()
     }
 
     /// Takes what is parked for `sid`, oldest first.

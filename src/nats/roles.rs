@@ -421,7 +421,7 @@ impl RoleLeases for ClusterRoles {
         Box::pin(self.ask_now(record, ask))
     }
 
-    fn park<'a>(&'a self, org: &'a OrgId, sid: &'a Sid, frames: &'a [PreparedFrame]) -> BoxFuture<'a, bool> {
+    fn park<'a>(&'a self, org: &'a OrgId, sid: &'a Sid, frames: &'a [PreparedFrame]) -> BoxFuture<'a, usize> {
         Box::pin(self.parking.park(org, sid, frames))
     }
 

@@ -219,7 +219,7 @@ impl ClusterRoles {
     async fn park_for_absent_host(&self, org: &OrgId, sid: &Sid, frame: PreparedFrame) -> Forwarded {
         match self.lookup_now(sid).await {
             Some(record) if record.org == *org => {
-                if self.parking.park(org, sid, std::slice::from_ref(&frame)).await {
+                if self.parking.park(org, sid, std::slice::from_ref(&frame)).await == 1 {
                     Forwarded::Delivered
                 } else {
                     Forwarded::Unavailable
