@@ -333,3 +333,67 @@ async fn a_python_publisher_reaches_websocket_subscribers_on_two_pods() {
         }
     }
 }
+
+/// Events a publisher sent while no pod was up land once, in order, when
+/// pods come back (each takes in what the `PUB` stream kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_sent_while_no_pod_is_up_land_once_when_pods_return() {
+    let nats = Nats::start().await;
+    let first = TestServer::start_cluster(&nats, |_| {}).await;
+    let made = create_publisher(&first, "acme", json!({"name": "backend"})).await;
+    first.stop().await;
+    let (nc, _events) = publisher(&nats, &made).await;
+    for n in 1..=3 {
+        nc.publish("pub.chat.away", json!({"n": n}).to_string().into())
+            .await
+            .unwrap();
+    }
+    nc.flush().await.unwrap();
+    // Two pods at once: both take the events in, each lands once.
+    let a = TestServer::start_cluster(&nats, |_| {}).await;
+    let b = TestServer::start_cluster(&nats, |_| {}).await;
+    let url = a.url("/v1/orgs/acme/channels/chat.away/history");
+    // Each pod imported the test orgs with keys of its own: the last one's hold.
+    let key = b.api_key("acme").to_owned();
+    eventually("the events reach the history", async || {
+        let (_, history) = get(&url, Some(&key)).await;
+        history["messages"].as_array().is_some_and(|m| m.len() >= 3)
+    })
+    .await;
+    // Given time to store anything twice, nothing is.
+    let mut live = Client::connect_all(&b, "acme").await;
+    live.subscribe(1, "chat.away").await;
+    nc.publish("pub.chat.away", json!({"n": 4}).to_string().into())
+        .await
+        .unwrap();
+    assert_eq!(live.message().await.1, json!({"n": 4}));
+    let (_, history) = get(&url, Some(&key)).await;
+    let data: Vec<_> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(
+        data,
+        (1..=4).map(|n| json!({"n": n})).collect::<Vec<_>>(),
+        "{history}"
+    );
+}
+
+/// An org with publishers stays open on every pod however idle, so its
+/// events are taken in as they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_with_publishers_stays_open_when_idle() {
+    let nats = Nats::start().await;
+    let pod = TestServer::start_cluster(&nats, |c| c.nats.org_idle_secs = Some(1)).await;
+    let accounts = pod.app.accounts.as_ref().unwrap();
+    accounts.open(&OrgId::new("globex").unwrap()).await.unwrap();
+    create_publisher(&pod, "acme", json!({"name": "backend"})).await;
+    eventually("the idle org without publishers closes", async || {
+        accounts.open_orgs() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(accounts.open_orgs(), 1, "acme, with its publisher, stays open");
+}

@@ -7,7 +7,7 @@
 //! account updates go through the registry with compare-and-swap and are
 //! pushed until nats-server holds the newest (never an older `iat`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -83,10 +83,19 @@ pub struct Accounts {
     /// Largest publisher event taken (the client frame limit).
     max_event_bytes: usize,
     slots: Mutex<HashMap<OrgId, Arc<Slot>>>,
+    /// Orgs with NATS publishers: open on every pod, idle or not, so their
+    /// events are taken in as they come (`super::ingest`).
+    publishing: Mutex<HashSet<OrgId>>,
     started: tokio::time::Instant,
     /// Orgs whose connection broke, for [`Accounts::run`] to open again.
     troubled: tokio::sync::mpsc::Sender<OrgId>,
     troubles: Mutex<Option<tokio::sync::mpsc::Receiver<OrgId>>>,
+}
+
+/// The org a publisher's registry key (`publishers.<org>.<name>`) names.
+fn publishers_of(k: &str) -> Option<OrgId> {
+    let rest = k.strip_prefix(key::PUBLISHERS)?.strip_prefix('.')?;
+    OrgId::new(rest.split('.').next()?).ok()
 }
 
 impl Accounts {
@@ -109,6 +118,7 @@ impl Accounts {
             services,
             max_event_bytes,
             slots: Mutex::new(HashMap::new()),
+            publishing: Mutex::new(HashSet::new()),
             started: tokio::time::Instant::now(),
         })
     }
@@ -401,6 +411,7 @@ impl Accounts {
         };
         let mut sweep =
             tokio::time::interval((idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30)));
+        self.clone().keep_publishing_open(None);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -420,6 +431,11 @@ impl Accounts {
                     }
                 }
                 change = changes.recv() => {
+                    if let Ok(change) = &change
+                        && let Some(org) = publishers_of(change.key())
+                    {
+                        self.clone().keep_publishing_open(Some(org));
+                    }
                     if let Ok(Change::Delete { key, .. }) = change
                         && let Some(org) = key
                             .strip_prefix(key::ACCOUNTS)
@@ -434,14 +450,45 @@ impl Accounts {
         self.slots.lock().clear();
     }
 
+    /// Finds which orgs have publishers (`org`'s only, when given) and
+    /// opens them here; forgets an org whose last publisher went.
+    fn keep_publishing_open(self: Arc<Self>, org: Option<OrgId>) {
+        tokio::spawn(async move {
+            let prefix = org
+                .as_ref()
+                .map_or_else(|| key::PUBLISHERS.to_owned(), key::publishers);
+            let entries = match self.registry.store().list(&prefix).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list NATS publishers; their orgs open on first use");
+                    return;
+                }
+            };
+            let found: HashSet<OrgId> = entries.iter().filter_map(|e| publishers_of(&e.key)).collect();
+            if let Some(org) = &org
+                && !found.contains(org)
+            {
+                self.publishing.lock().remove(org);
+            }
+            for org in found {
+                if self.publishing.lock().insert(org.clone())
+                    && let Err(e) = self.open(&org).await
+                {
+                    tracing::warn!(org = %org, error = %e, "cannot open an org with publishers; it opens on its next use");
+                }
+            }
+        });
+    }
+
     fn close_idle(&self, idle: Duration, active: &impl Fn(&OrgId) -> bool) {
         let now = self.now_ms();
         let idle_ms = idle.as_millis() as u64;
         let mut closed = Vec::new();
+        let publishing = self.publishing.lock().clone();
         self.slots.lock().retain(|org, slot| {
             let fresh = now.saturating_sub(slot.last_used.load(Ordering::Relaxed)) < idle_ms;
             // A slot being opened right now is kept: its opener holds the lock.
-            let keep = fresh || active(org) || slot.conn.try_lock().is_err();
+            let keep = fresh || active(org) || publishing.contains(org) || slot.conn.try_lock().is_err();
             if !keep {
                 closed.push(org.clone());
             }

@@ -93,8 +93,10 @@ impl Accounts {
             Err(StoreError::Exists) => return Err(PublisherError::Exists(name.to_owned())),
             Err(e) => return Err(e.into()),
         }
-        // The account must be on the server before the publisher connects.
+        // The account must be on the server before the publisher connects,
+        // and the org open (its `PUB` stream there to keep what it sends).
         self.update(org, |_| {}).await?;
+        self.open(org).await?;
         Ok(NewPublisher {
             doc,
             creds: jwt::creds(&user_jwt, &seed),

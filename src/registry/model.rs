@@ -64,6 +64,7 @@ pub mod key {
         format!("accounts.{org}")
     }
     pub const ACCOUNTS: &str = "accounts";
+    pub const PUBLISHERS: &str = "publishers";
     pub fn publishers(org: &OrgId) -> String {
         format!("publishers.{org}")
     }

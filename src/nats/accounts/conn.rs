@@ -135,6 +135,7 @@ impl Accounts {
         // anyone is told the org is open (NATS.md, trap 7).
         let _ = tokio::time::timeout(NATS_TIMEOUT, client.request(subjects::PING, "".into())).await;
         let reader = tokio::spawn(crate::nats::ingest::read_events(
+            client.clone(),
             org.clone(),
             events,
             ingest,
