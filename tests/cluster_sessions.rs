@@ -373,3 +373,41 @@ async fn a_session_outlives_the_graceful_shutdown_of_its_pod() {
         "its role moved with it"
     );
 }
+
+/// An operator whose socket drops mid-turn and comes back through another
+/// pod finishes the turn there: the old host hands the turn over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_goes_on_when_its_operator_comes_back_through_another_pod() {
+    let nats = Nats::start().await;
+    let pods = cluster(&nats, 3, |_| {}).await;
+    let mut watcher = Client::connect_all(&pods[2], "acme").await;
+    watcher.subscribe(1, "chat.t").await;
+    let session = mint_ok(&pods[0], "acme", &["main-ai"]).await;
+    let mut op = Client::operator(&pods[0], &session).await;
+    op.send(json!({"type": "turn_start", "id": 1, "turn": "t1", "channel": "chat.t", "rollup_ms": 0}))
+        .await;
+    op.ack(1).await;
+    for text in ["Hel", "lo "] {
+        op.send(json!({"type": "token", "turn": "t1", "text": text}))
+            .await;
+    }
+    // The tokens are stored before the socket goes (a ping answered after them).
+    op.send(json!({"type": "ping", "id": 2})).await;
+    while !matches!(op.next().await, ServerFrame::Pong { .. }) {}
+    drop(op);
+    let mut op = Client::operator(&pods[1], &session).await;
+    op.send(json!({"type": "token", "turn": "t1", "text": "there"}))
+        .await;
+    op.send(json!({"type": "turn_end", "id": 3, "turn": "t1"})).await;
+    op.ack(3).await;
+    let mut text = String::new();
+    loop {
+        match watcher.channel_event().await {
+            ServerFrame::TurnStart { .. } => {}
+            ServerFrame::Token { text: t, .. } => text.push_str(&t),
+            ServerFrame::TurnEnd { .. } => break,
+            other => panic!("the turn goes on, got {}", other.to_json()),
+        }
+    }
+    assert_eq!(text, "Hello there");
+}

@@ -3,7 +3,7 @@
 //! neither: its org actor's role table is the whole truth. Cluster mode
 //! implements both over NATS in `src`.
 
-use switchboard_proto::{OrgId, PreparedFrame, RoleName, Sid, Target};
+use switchboard_proto::{ChannelName, OrgId, PreparedFrame, RoleName, Sid, Target, TurnId};
 
 use crate::backplane::BoxFuture;
 use crate::session::SessionInfo;
@@ -47,8 +47,11 @@ pub trait RoleLeases: Send + Sync + 'static {
 
     /// Moves the session `record` (hosted by another pod, or by a pod that
     /// died) here: its roles' leases follow it, and the pod that hosted it
-    /// lets it go.
-    fn adopt<'a>(&'a self, record: &'a SessionRecord) -> BoxFuture<'a, Result<(), LeaseError>>;
+    /// lets it go, handing over its live turns (returned).
+    fn adopt<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+    ) -> BoxFuture<'a, Result<Vec<(TurnId, ChannelName)>, LeaseError>>;
 
     /// The record of a session hosted by any pod.
     fn lookup<'a>(&'a self, sid: &'a Sid) -> BoxFuture<'a, Option<SessionRecord>>;
@@ -94,7 +97,10 @@ impl RoleLeases for LocalOnly {
         Box::pin(async { Ok(()) })
     }
 
-    fn adopt<'a>(&'a self, _: &'a SessionRecord) -> BoxFuture<'a, Result<(), LeaseError>> {
+    fn adopt<'a>(
+        &'a self,
+        _: &'a SessionRecord,
+    ) -> BoxFuture<'a, Result<Vec<(TurnId, ChannelName)>, LeaseError>> {
         Box::pin(async { Err(LeaseError::Unavailable("one pod: nothing to adopt from".into())) })
     }
 

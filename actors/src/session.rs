@@ -14,7 +14,8 @@ use std::time::Duration;
 use metrics::{counter, gauge};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use switchboard_proto::{
-    ErrorCode, OperatorFrame, OrgId, PreparedFrame, RequestId, RoleName, ServerFrame, Sid, TurnId,
+    ChannelName, ErrorCode, OperatorFrame, OrgId, PreparedFrame, RequestId, RoleName, ServerFrame, Sid,
+    TurnId,
 };
 
 use crate::channels::Channels;
@@ -84,6 +85,9 @@ pub enum SessionMsg {
     /// reconnects to another pod) as soon as no turn of it is live, so no
     /// turn is cut short.
     Drain,
+    /// The session moves to another pod: its live turns' waiting text is
+    /// published, and they are given up here (not failed) and returned.
+    HandOff(RpcReplyPort<Vec<(TurnId, ChannelName)>>),
 }
 
 pub struct SessionArgs {
@@ -408,6 +412,9 @@ impl Actor for OperatorSession {
             SessionMsg::Drain => {
                 state.draining = true;
                 state.close_if_drained();
+            }
+            SessionMsg::HandOff(reply) => {
+                let _ = reply.send(state.hand_off().await);
             }
             SessionMsg::Info(reply) => {
                 let _ = reply.send(SessionInfo {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ractor::ActorRef;
-use switchboard_proto::{ConnId, OrgId, PreparedFrame, Sid, Target};
+use switchboard_proto::{ChannelName, ConnId, OrgId, PreparedFrame, Sid, Target, TurnId};
 
 use crate::leases::{Ask, Forwarded, LeaseError, RoleLeases};
 use crate::operator::{OperatorLink, OperatorShared};
@@ -113,9 +113,19 @@ impl Sessions {
 
     /// Hosts here a session another pod minted (its operator reconnected to
     /// this pod): its roles follow it, the other pod lets it go.
-    pub async fn adopt(&self, record: SessionRecord) -> Result<(), MintError> {
-        self.leases.adopt(&record).await.map_err(lease_error)?;
+    pub async fn adopt(&self, mut record: SessionRecord) -> Result<(), MintError> {
+        record.turns = self.leases.adopt(&record).await.map_err(lease_error)?;
         self.start(record).await
+    }
+
+    /// Lets the session `sid` go to the pod its operator reconnected to:
+    /// its live turns' waiting text is published and the turns go along
+    /// (returned) rather than fail; ending it is the caller's next step.
+    pub async fn hand_off(&self, sid: &Sid) -> Vec<(TurnId, ChannelName)> {
+        let Some(session) = self.actor(sid).await else {
+            return Vec::new();
+        };
+        ractor::call!(session, SessionMsg::HandOff).unwrap_or_default()
     }
 
     /// The record of a session hosted by any pod (this one first).

@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchboard_actors::backplane::BoxFuture;
 use switchboard_actors::{Ask, Forwarded, LeaseError, RoleLeases, Services, SessionInfo, SessionRecord};
-use switchboard_proto::{OrgId, PreparedFrame, RoleName, Sid, Target, subjects};
+use switchboard_proto::{ChannelName, OrgId, PreparedFrame, RoleName, Sid, Target, TurnId, subjects};
 use tokio_util::sync::CancellationToken;
 
 use super::accounts::Accounts;
@@ -220,8 +220,9 @@ impl ClusterRoles {
         }
     }
 
-    async fn adopt_now(&self, record: &SessionRecord) -> Result<(), LeaseError> {
+    async fn adopt_now(&self, record: &SessionRecord) -> Result<Vec<(TurnId, ChannelName)>, LeaseError> {
         let (org, sid) = (&record.org, &record.sid);
+        let mut turns = Vec::new();
         let mut moved = Vec::new();
         let mut taken = Vec::new();
         for role in &record.roles {
@@ -259,11 +260,13 @@ impl ClusterRoles {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(MOVE, "1");
             let asked = client.request_with_headers(subjects::session(sid), headers, "".into());
-            let _ = tokio::time::timeout(FORWARD_TIMEOUT, asked).await;
+            if let Ok(Ok(answer)) = tokio::time::timeout(FORWARD_TIMEOUT, asked).await {
+                turns = serde_json::from_slice(&answer.payload).unwrap_or_default();
+            }
         }
         let inbox = self.inbox(org, sid).await.map_err(LeaseError::Unavailable)?;
         self.keep(record, moved, stored, inbox);
-        Ok(())
+        Ok(turns)
     }
 
     async fn lookup_now(&self, sid: &Sid) -> Option<SessionRecord> {
@@ -354,7 +357,10 @@ impl RoleLeases for ClusterRoles {
         Box::pin(self.claim_now(record))
     }
 
-    fn adopt<'a>(&'a self, record: &'a SessionRecord) -> BoxFuture<'a, Result<(), LeaseError>> {
+    fn adopt<'a>(
+        &'a self,
+        record: &'a SessionRecord,
+    ) -> BoxFuture<'a, Result<Vec<(TurnId, ChannelName)>, LeaseError>> {
         Box::pin(self.adopt_now(record))
     }
 

@@ -131,6 +131,21 @@ impl SessionState {
         Some((live.channel, published))
     }
 
+    /// Publishes every live turn's waiting text and gives the turns up
+    /// (another pod carries them on).
+    pub(super) async fn hand_off(&mut self) -> Vec<(TurnId, ChannelName)> {
+        let turns: Vec<TurnId> = self.turns.keys().cloned().collect();
+        let mut moved = Vec::with_capacity(turns.len());
+        for turn in turns {
+            self.flush(&turn).await;
+            if let Some(live) = self.turns.remove(&turn) {
+                self.store.remove_turn(&self.sid, &turn);
+                moved.push((turn, live.channel));
+            }
+        }
+        moved
+    }
+
     pub(super) async fn fail_all_turns(&mut self) {
         let turns: Vec<TurnId> = self.turns.keys().cloned().collect();
         for turn in turns {

@@ -105,10 +105,16 @@ impl ClusterRoles {
                         // Another pod adopts the session, or ends it: it
                         // leaves here (ending it aborts this task, so the
                         // answer went first).
-                        if moving {
-                            let _ = client.publish(reply, "moved".into()).await;
-                        }
                         let services = services_of(&me);
+                        if moving {
+                            // Its live turns go along to the new host.
+                            let turns = match &services {
+                                Some(services) => services.sessions.hand_off(&sid).await,
+                                None => Vec::new(),
+                            };
+                            let turns = serde_json::to_vec(&turns).unwrap_or_default();
+                            let _ = client.publish(reply, turns.into()).await;
+                        }
                         let sid = sid.clone();
                         tokio::spawn(async move {
                             if let Some(services) = services {
