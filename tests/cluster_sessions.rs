@@ -197,12 +197,7 @@ async fn an_operator_whose_pod_was_killed_resumes_its_session_on_another() {
     let nats = Nats::start().await;
     let processes = ProcessPods::new(&nats, |_| {});
     let mut doomed = processes.serve();
-    let (status, minted) = processes.mint(&doomed, "acme", &["main-ai"]).await;
-    assert_eq!(status, 201);
-    let session = Session {
-        sid: minted["sid"].as_str().unwrap().into(),
-        token: minted["token"].as_str().unwrap().into(),
-    };
+    let session = processes.mint_ok(&doomed, "acme", &["main-ai"]).await;
     let survivor = cluster(&nats, 1, |_| {}).await.remove(0);
     let mut client = Client::connect_all(&survivor, "acme").await;
     let to = format!("op:{}", session.sid);
@@ -321,9 +316,8 @@ async fn a_session_whose_pod_was_killed_is_ended_through_another_at_once() {
     let nats = Nats::start().await;
     let processes = ProcessPods::new(&nats, |_| {});
     let mut doomed = processes.serve();
-    let (status, minted) = processes.mint(&doomed, "acme", &["main-ai"]).await;
-    assert_eq!(status, 201);
-    let (sid, token) = (minted["sid"].as_str().unwrap(), minted["token"].as_str().unwrap());
+    let session = processes.mint_ok(&doomed, "acme", &["main-ai"]).await;
+    let (sid, token) = (session.sid.as_str(), session.token.as_str());
     let survivor = cluster(&nats, 1, |_| {}).await.remove(0);
     doomed.child.kill().unwrap();
     doomed.child.wait().unwrap();
@@ -350,12 +344,7 @@ async fn a_session_outlives_the_graceful_shutdown_of_its_pod() {
     let nats = Nats::start().await;
     let processes = ProcessPods::new(&nats, |_| {});
     let mut leaving = processes.serve();
-    let (status, minted) = processes.mint(&leaving, "acme", &["main-ai"]).await;
-    assert_eq!(status, 201);
-    let session = Session {
-        sid: minted["sid"].as_str().unwrap().into(),
-        token: minted["token"].as_str().unwrap().into(),
-    };
+    let session = processes.mint_ok(&leaving, "acme", &["main-ai"]).await;
     let staying = cluster(&nats, 1, |_| {}).await.remove(0);
     let mut client = Client::connect_all(&staying, "acme").await;
     client

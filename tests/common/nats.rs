@@ -197,6 +197,16 @@ impl ProcessPods {
         )
     }
 
+    /// A session minted on `pod` (which must answer 201).
+    pub async fn mint_ok(&self, pod: &super::process::Serve, org: &str, roles: &[&str]) -> super::Session {
+        let (status, minted) = self.mint(pod, org, roles).await;
+        assert_eq!(status, 201, "{minted}");
+        super::Session {
+            sid: minted["sid"].as_str().unwrap().into(),
+            token: minted["token"].as_str().unwrap().into(),
+        }
+    }
+
     /// The API key of `org`, as the config holds it.
     pub fn key(&self, org: &str) -> &str {
         &self.keys[super::ORGS.iter().position(|o| *o == org).unwrap()]
