@@ -37,6 +37,14 @@ async fn fifty_concurrent_mints_for_one_role_over_three_pods_give_one_session() 
     mint_ok(&pods[2], "globex", &["main-ai"]).await;
 }
 
+/// A client's `send` of `data` to `to`, acknowledged.
+async fn sent(client: &mut Client, id: u64, to: impl std::fmt::Display, data: serde_json::Value) {
+    client
+        .send(json!({"type": "send", "id": id, "to": to.to_string(), "data": data}))
+        .await;
+    client.ack(id).await;
+}
+
 /// Expects the operator to get `frame`s data `data`.
 async fn receives(op: &mut Client, data: serde_json::Value) {
     match op.next().await {
@@ -64,10 +72,7 @@ async fn a_client_on_one_pod_reaches_an_operator_on_another_by_role_and_by_sid()
     receives(&mut op, json!({"q": "hi"})).await;
     let mut other = Client::connect_all(&pods[2], "acme").await;
     let to = format!("op:{}", session.sid);
-    other
-        .send(json!({"type": "send", "id": 2, "to": to, "data": {"q": "by sid"}}))
-        .await;
-    other.ack(2).await;
+    sent(&mut other, 2, &to, json!({"q": "by sid"})).await;
     receives(&mut op, json!({"q": "by sid"})).await;
     // Nobody holds the role, nowhere; another org's operator is not reachable.
     other
@@ -169,10 +174,7 @@ async fn an_operator_that_reconnects_to_another_pod_takes_its_session_and_role_a
     // Back, through another pod (a load balancer's choice).
     let mut op = Client::operator(&pods[1], &session).await;
     let mut client = Client::connect_all(&pods[2], "acme").await;
-    client
-        .send(json!({"type": "send", "id": 1, "to": "role:main-ai", "data": {"q": "moved?"}}))
-        .await;
-    client.ack(1).await;
+    sent(&mut client, 1, "role:main-ai", json!({"q": "moved?"})).await;
     receives(&mut op, json!({"q": "moved?"})).await;
     // The first pod let it go (asked there, the new host answers: its
     // operator is connected); the role is still held, once.
@@ -202,24 +204,15 @@ async fn an_operator_whose_pod_was_killed_resumes_its_session_on_another() {
     let mut client = Client::connect_all(&survivor, "acme").await;
     let to = format!("op:{}", session.sid);
     // Sent while its operator is away: the doomed pod parks it.
-    client
-        .send(json!({"type": "send", "id": 1, "to": to, "data": "before"}))
-        .await;
-    client.ack(1).await;
+    sent(&mut client, 1, &to, json!("before")).await;
     doomed.child.kill().unwrap();
     doomed.child.wait().unwrap();
     // Nobody hosts it now: the sender's pod parks it for the session.
-    client
-        .send(json!({"type": "send", "id": 2, "to": to, "data": "after"}))
-        .await;
-    client.ack(2).await;
+    sent(&mut client, 2, &to, json!("after")).await;
     let mut op = Client::operator(&survivor, &session).await;
     receives(&mut op, json!("before")).await;
     receives(&mut op, json!("after")).await;
-    client
-        .send(json!({"type": "send", "id": 3, "to": "role:main-ai", "data": "still here?"}))
-        .await;
-    client.ack(3).await;
+    sent(&mut client, 3, "role:main-ai", json!("still here?")).await;
     receives(&mut op, json!("still here?")).await;
 }
 
@@ -231,27 +224,18 @@ async fn an_operator_away_gets_what_was_sent_meanwhile_on_the_pod_it_comes_back_
     drop(Client::operator(&pods[0], &session).await);
     let mut client = Client::connect_all(&pods[2], "acme").await;
     for i in 1..=20 {
-        client
-            .send(json!({"type": "send", "id": i, "to": "role:main-ai", "data": i}))
-            .await;
-        client.ack(i).await;
+        sent(&mut client, i, "role:main-ai", json!(i)).await;
     }
     let mut op = Client::operator(&pods[1], &session).await;
     for i in 1..=20 {
         receives(&mut op, json!(i)).await;
     }
-    client
-        .send(json!({"type": "send", "id": 21, "to": "role:main-ai", "data": "live"}))
-        .await;
-    client.ack(21).await;
+    sent(&mut client, 21, "role:main-ai", json!("live")).await;
     receives(&mut op, json!("live")).await;
     // Taken once: back on the first pod, nothing is handed over again.
     drop(op);
     let mut op = Client::operator(&pods[0], &session).await;
-    client
-        .send(json!({"type": "send", "id": 22, "to": "role:main-ai", "data": "next"}))
-        .await;
-    client.ack(22).await;
+    sent(&mut client, 22, "role:main-ai", json!("next")).await;
     receives(&mut op, json!("next")).await;
 }
 
@@ -347,10 +331,7 @@ async fn a_session_outlives_the_graceful_shutdown_of_its_pod() {
     let session = processes.mint_ok(&leaving, "acme", &["main-ai"]).await;
     let staying = cluster(&nats, 1, |_| {}).await.remove(0);
     let mut client = Client::connect_all(&staying, "acme").await;
-    client
-        .send(json!({"type": "send", "id": 1, "to": "role:main-ai", "data": "while you were out"}))
-        .await;
-    client.ack(1).await;
+    sent(&mut client, 1, "role:main-ai", json!("while you were out")).await;
     // A rollout: the pod hosting it is told to stop, and stops.
     common::process::sigterm(&leaving.child);
     assert!(common::process::wait_exit(&mut leaving.child).success());

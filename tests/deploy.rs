@@ -117,6 +117,18 @@ fn dockerfile(instruction: &str) -> String {
         .to_owned()
 }
 
+/// What `switchboard nats init --out out` writes.
+fn nats_init(out: impl Into<PathBuf>) {
+    switchboard::nats::init::init(&switchboard::nats::init::InitOptions {
+        out: out.into(),
+        port: 4222,
+        http_port: 8222,
+        name: "k8s".into(),
+        force: false,
+    })
+    .unwrap();
+}
+
 #[test]
 fn every_overlay_renders_and_validates_against_the_api_schemas() {
     let kinds = |objects: &[Value]| -> BTreeSet<String> {
@@ -272,14 +284,7 @@ fn the_cluster_overlay_mounts_what_nats_kubernetes_prints_where_the_pods_read_it
     assert!(volume["secret"]["items"].is_null(), "every key of it");
     assert_eq!(mount_of(&container, volume["name"].as_str().unwrap()), dir);
     let made = tempfile::tempdir().unwrap();
-    switchboard::nats::init::init(&switchboard::nats::init::InitOptions {
-        out: made.path().into(),
-        port: 4222,
-        http_port: 8222,
-        name: "k8s".into(),
-        force: false,
-    })
-    .unwrap();
+    nats_init(made.path());
     let printed = kube::manifests(made.path(), None).unwrap();
     let docs: Vec<String> = printed["items"]
         .as_array()
@@ -336,14 +341,7 @@ fn the_cluster_overlay_mounts_what_nats_kubernetes_prints_where_the_pods_read_it
 #[test]
 fn nats_server_takes_the_deployment_config_with_what_nats_init_wrote() {
     let dir = tempfile::tempdir().unwrap();
-    switchboard::nats::init::init(&switchboard::nats::init::InitOptions {
-        out: dir.path().join("init"),
-        port: 4222,
-        http_port: 8222,
-        name: "k8s".into(),
-        force: false,
-    })
-    .unwrap();
+    nats_init(dir.path().join("init"));
     let test = |conf: &Path| {
         Command::new("nats-server")
             .args(["-t", "-c"])
